@@ -1,0 +1,363 @@
+package blockstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// DirStore is an ObjectStore in a local directory, for single-machine
+// volumes and tests. An object name maps to a file; '/' in a name maps to
+// subdirectories. A name component may not start with '.', so the temporary
+// files of unfinished Puts (".tmp-*") can never be mistaken for objects, and
+// no name can escape the directory. A name cannot be both an object and a
+// directory of other objects ("a" and "a/b"). Safe for concurrent use.
+type DirStore struct {
+	dir string
+}
+
+var _ ObjectStore = (*DirStore)(nil)
+
+// dirStoreTempPrefix starts every temporary file; List skips dot files.
+const dirStoreTempPrefix = ".tmp-"
+
+// NewDirStore opens the object store in dir, creating dir (mode 0700) if it
+// does not exist.
+func NewDirStore(dir string) (*DirStore, error) {
+	if dir == "" {
+		return nil, errors.New("object store directory: empty path")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create object store directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("object store directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("object store directory %s: not a directory", dir)
+	}
+	return &DirStore{dir: filepath.Clean(dir)}, nil
+}
+
+// Dir returns the directory holding the objects.
+func (s *DirStore) Dir() string { return s.dir }
+
+// validObjectName reports whether name is a relative slash-separated path of
+// non-empty components none of which starts with '.' (which also rules out
+// "." and "..").
+func validObjectName(name string) bool {
+	if name == "" || strings.ContainsRune(name, 0) || strings.ContainsRune(name, '\\') {
+		return false
+	}
+	for c := range strings.SplitSeq(name, "/") {
+		if c == "" || c[0] == '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *DirStore) path(name string) string {
+	return filepath.Join(s.dir, filepath.FromSlash(name))
+}
+
+func (s *DirStore) checkName(op, name string) error {
+	if !validObjectName(name) {
+		return fmt.Errorf("%s object %q: invalid object name", op, name)
+	}
+	return nil
+}
+
+// dirStoreNotFound maps "no such object" errors to ErrNotFound. ENOTDIR means a
+// prefix of the name is an object, not a directory, and a directory where the
+// object should be is another object's prefix: in both cases the object
+// itself does not exist.
+func dirStoreNotFound(op, name string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("%s object %s: %w: %w", op, name, ErrNotFound, err)
+	}
+	return fmt.Errorf("%s object %s: %w", op, name, err)
+}
+
+// Put writes data to a temporary file, fsyncs it, renames it into place and
+// fsyncs the directory, so that after a crash the object is either absent or
+// complete.
+func (s *DirStore) Put(ctx context.Context, name string, data []byte) error {
+	if err := s.checkName("put", name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	parent := filepath.Dir(s.path(name))
+	if err := s.mkdirs(parent); err != nil {
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	if err := dirStoreWriteFile(parent, s.path(name), data); err != nil {
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	return nil
+}
+
+func dirStoreWriteFile(parent, path string, data []byte) (err error) {
+	f, err := os.CreateTemp(parent, dirStoreTempPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	// Close can report a deferred write error (NFS, quota), so check it.
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return dirStoreSyncDir(parent)
+}
+
+// mkdirs creates dir and its missing parents below the store root, fsyncing
+// the parent of every directory it creates: otherwise a crash could lose a
+// new directory, and with it an object that Put reported durable.
+func (s *DirStore) mkdirs(dir string) error {
+	if dir == s.dir {
+		return nil
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if err := s.mkdirs(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			// A concurrent Put created it; it may still be unsynced, so
+			// sync the parent anyway.
+			if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
+				return dirStoreSyncDir(parent)
+			}
+		}
+		return err
+	}
+	return dirStoreSyncDir(parent)
+}
+
+func dirStoreSyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// open opens an object for reading; a directory is not an object.
+func (s *DirStore) open(op, name string) (*os.File, int64, error) {
+	if err := s.checkName(op, name); err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(s.path(name))
+	if err != nil {
+		return nil, 0, dirStoreNotFound(op, name, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s object %s: %w", op, name, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s object %s: %w: not a regular file", op, name, ErrNotFound)
+	}
+	return f, fi.Size(), nil
+}
+
+func (s *DirStore) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get object %s: %w", name, err)
+	}
+	f, size, err := s.open("get", name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			// Objects are immutable, so a file shorter than its size was
+			// truncated behind our back.
+			return nil, fmt.Errorf("get object %s: %w: shorter than its size %d", name, ErrCorrupt, size)
+		}
+		return nil, fmt.Errorf("get object %s: %w", name, err)
+	}
+	return b, nil
+}
+
+func (s *DirStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get object %s: %w", name, err)
+	}
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("get object %s: invalid range offset %d length %d", name, off, n)
+	}
+	f, size, err := s.open("get", name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Checked before allocating so a corrupted length read from a layer
+	// cannot allocate more than the object's size.
+	if off > size || n > size-off {
+		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond end of file: %w", name, off, off, n, ErrCorrupt)
+		}
+		return nil, fmt.Errorf("get object %s: %w", name, err)
+	}
+	return b, nil
+}
+
+func (s *DirStore) Size(ctx context.Context, name string) (int64, error) {
+	if err := s.checkName("stat", name); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("stat object %s: %w", name, err)
+	}
+	fi, err := os.Stat(s.path(name))
+	if err != nil {
+		return 0, dirStoreNotFound("stat", name, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("stat object %s: %w: not a regular file", name, ErrNotFound)
+	}
+	return fi.Size(), nil
+}
+
+// Delete removes the object and fsyncs its directory. Empty subdirectories
+// are left behind: removing them would race with a concurrent Put into them.
+func (s *DirStore) Delete(ctx context.Context, name string) error {
+	if err := s.checkName("delete", name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete object %s: %w", name, err)
+	}
+	p := s.path(name)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return dirStoreNotFound("delete", name, err)
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("delete object %s: %w: is a directory", name, ErrNotFound)
+	}
+	if err := os.Remove(p); err != nil {
+		return dirStoreNotFound("delete", name, err)
+	}
+	if err := dirStoreSyncDir(filepath.Dir(p)); err != nil {
+		return fmt.Errorf("delete object %s: %w", name, err)
+	}
+	return nil
+}
+
+// List returns the objects whose names start with prefix, sorted by name.
+func (s *DirStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list objects %q: %w", prefix, err)
+	}
+	// Walk only the directory the prefix names. If that directory part is
+	// not a valid name, no valid object name can start with prefix.
+	root := s.dir
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		if !validObjectName(prefix[:i]) {
+			return nil, nil
+		}
+		root = s.path(prefix[:i])
+	}
+	var out []ObjectInfo
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			// Missing root (nothing stored under the prefix yet) or an
+			// entry deleted during the walk.
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				return nil
+			}
+			return err
+		}
+		if p == root {
+			if !d.IsDir() {
+				return nil
+			}
+			return ctx.Err()
+		}
+		if strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(s.dir, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if d.IsDir() {
+			// Descend only where names can still match the prefix.
+			if dn := name + "/"; !strings.HasPrefix(dn, prefix) && !strings.HasPrefix(prefix, dn) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		out = append(out, ObjectInfo{Name: name, Size: fi.Size()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list objects %q in %s: %w", prefix, s.dir, err)
+	}
+	// WalkDir's per-directory order is not the order of full names
+	// ("a-b" < "a/x" but the walk visits a/ first).
+	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}

@@ -1,0 +1,687 @@
+package blockstore
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math"
+	"sort"
+
+	"github.com/VictoriaMetrics/fastcache"
+)
+
+// A layer object holds the versions of a set of keys written by the LSNs in
+// (MinLSN, MaxLSN]. It is written once by EncodeLayer and never modified.
+// All integers are big-endian, like the key encoding. Layout:
+//
+//	data   | record 0 | record 1 | ... |       one record per distinct key, key order
+//	index  | entry 0 | entry 1 | ... |         one entry per record, same order
+//	footer | 68 bytes |
+//
+// record: count u32, then count versions, newest (highest LSN) first, each
+//
+//	LSN u64 | ValueKind u8 | data length u32 | data
+//
+// then crc32c u32 over the key's AppendKey encoding followed by the record
+// bytes before the crc. Hashing the key binds a record to its index entry
+// without storing the key twice, so a misdirected read cannot return another
+// key's data.
+//
+// index entry: AppendKey(key) | record offset u64 | record length u32 | the
+// key's smallest LSN u64 | the record's crc32c u32. Records are contiguous
+// from offset 0 and end where the index starts, so every byte of the data
+// section is covered by exactly one record checksum. The footer holds the
+// index's crc32c; since the index repeats every record's crc, the footer crc
+// fingerprints the whole object, which is what cache keys rely on.
+//
+// footer:
+//
+//	0  magic "NEONLYR1"     8
+//	8  format version u32   (1)
+//	12 index crc32c u32
+//	16 MinLSN u64
+//	24 MaxLSN u64
+//	32 entries (versions) u64
+//	40 keys u64
+//	48 index offset u64
+//	56 index length u64
+//	64 crc32c of bytes 0..64 u32
+const (
+	layerMagic         = "NEONLYR1"
+	layerFormatVersion = 1
+	layerFooterLen     = 68
+
+	layerVersionHeaderLen = 8 + 1 + 4
+	layerMinRecordLen     = 4 + layerVersionHeaderLen + 4
+	layerIndexTailLen     = 8 + 4 + 8 + 4
+	layerMinKeyLen        = 13
+	layerMinIndexEntryLen = layerMinKeyLen + layerIndexTailLen
+
+	// layerScanReadAhead bounds the bytes of consecutive records a Scan
+	// fetches in one ranged read: a scan of many small records (all the
+	// dirents of a directory) must not cost one object-store round trip
+	// per key.
+	layerScanReadAhead = 1 << 20
+
+	// fastcache drops entries whose key+value+4 reach 64 KiB; bigger
+	// records go through SetBig/GetBig.
+	layerCacheMaxEntry = 64 << 10
+)
+
+var layerCRCTable = crc32.MakeTable(crc32.Castagnoli)
+
+// LayerMeta describes a layer object.
+type LayerMeta struct {
+	Name           string
+	MinLSN, MaxLSN uint64
+	Size           int64
+	Keys           int
+}
+
+// checkLayerKey rejects keys that would not survive AppendKey/DecodeKey
+// unchanged: AppendKey drops the fields a kind does not use and truncates
+// long names, so such a key could be stored under a different key or out of
+// order.
+func checkLayerKey(k Key) error {
+	switch k.Kind {
+	case KindBlock:
+		if k.Name != "" {
+			return fmt.Errorf("key %v: block key with a name", k)
+		}
+	case KindInode:
+		if k.Name != "" || k.Block != 0 {
+			return fmt.Errorf("key %v: inode key with a name or block", k)
+		}
+	case KindDirent:
+		if k.Block != 0 {
+			return fmt.Errorf("key %v: dirent key with a block", k)
+		}
+		if len(k.Name) > maxNameLen {
+			return fmt.Errorf("key %v: name longer than %d bytes", k, maxNameLen)
+		}
+	default:
+		return fmt.Errorf("key %v: invalid kind", k)
+	}
+	return nil
+}
+
+// EncodeLayer encodes entries, which must already be sorted (key asc, LSN
+// desc); it returns an error (not a panic) if they are not, or if an LSN
+// falls outside (minLSN, maxLSN].
+func EncodeLayer(entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
+	if minLSN > maxLSN {
+		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
+	}
+	size := 0
+	for i := range entries {
+		e := &entries[i]
+		if err := checkLayerKey(e.Key); err != nil {
+			return nil, fmt.Errorf("encode layer: entry %d: %w", i, err)
+		}
+		if e.LSN <= minLSN || e.LSN > maxLSN {
+			return nil, fmt.Errorf("encode layer: entry %d (%v): LSN %d outside (%d, %d]", i, e.Key, e.LSN, minLSN, maxLSN)
+		}
+		switch e.Value.Kind {
+		case ValData:
+			if uint64(len(e.Value.Data)) > math.MaxUint32 {
+				return nil, fmt.Errorf("encode layer: entry %d (%v): value of %d bytes too large", i, e.Key, len(e.Value.Data))
+			}
+		case ValZero, ValTombstone:
+			if len(e.Value.Data) != 0 {
+				return nil, fmt.Errorf("encode layer: entry %d (%v): value kind %d with data", i, e.Key, e.Value.Kind)
+			}
+		default:
+			return nil, fmt.Errorf("encode layer: entry %d (%v): invalid value kind %d", i, e.Key, e.Value.Kind)
+		}
+		if i > 0 {
+			p := &entries[i-1]
+			c := p.Key.Compare(e.Key)
+			if c > 0 || c == 0 && p.LSN <= e.LSN {
+				return nil, fmt.Errorf("encode layer: entries not sorted: entry %d (%v@%d) after (%v@%d)", i, e.Key, e.LSN, p.Key, p.LSN)
+			}
+		}
+		size += layerVersionHeaderLen + len(e.Value.Data)
+	}
+
+	buf := make([]byte, 0, size+len(entries)*(8+layerMinIndexEntryLen+8)+layerFooterLen)
+	var index []byte
+	var kb []byte
+	keys := 0
+	for i := 0; i < len(entries); {
+		j := i + 1
+		for j < len(entries) && entries[j].Key.Compare(entries[i].Key) == 0 {
+			j++
+		}
+		off := len(buf)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(j-i))
+		for _, e := range entries[i:j] {
+			buf = binary.BigEndian.AppendUint64(buf, e.LSN)
+			buf = append(buf, byte(e.Value.Kind))
+			buf = binary.BigEndian.AppendUint32(buf, uint32(len(e.Value.Data)))
+			buf = append(buf, e.Value.Data...)
+		}
+		kb = AppendKey(kb[:0], entries[i].Key)
+		crc := crc32.Update(crc32.Update(0, layerCRCTable, kb), layerCRCTable, buf[off:])
+		buf = binary.BigEndian.AppendUint32(buf, crc)
+		n := len(buf) - off
+		if uint64(n) > math.MaxUint32 || j-i > math.MaxUint32 {
+			return nil, fmt.Errorf("encode layer: key %v: record of %d bytes too large", entries[i].Key, n)
+		}
+		index = append(index, kb...)
+		index = binary.BigEndian.AppendUint64(index, uint64(off))
+		index = binary.BigEndian.AppendUint32(index, uint32(n))
+		index = binary.BigEndian.AppendUint64(index, entries[j-1].LSN)
+		index = binary.BigEndian.AppendUint32(index, crc)
+		keys++
+		i = j
+	}
+	// The in-memory index addresses entries with uint32 offsets.
+	if uint64(len(index)) > math.MaxUint32 {
+		return nil, fmt.Errorf("encode layer: index of %d bytes too large", len(index))
+	}
+	indexOff := len(buf)
+	buf = append(buf, index...)
+
+	f := len(buf)
+	buf = append(buf, layerMagic...)
+	buf = binary.BigEndian.AppendUint32(buf, layerFormatVersion)
+	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(index, layerCRCTable))
+	buf = binary.BigEndian.AppendUint64(buf, minLSN)
+	buf = binary.BigEndian.AppendUint64(buf, maxLSN)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(len(entries)))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(keys))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(indexOff))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(len(index)))
+	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf[f:], layerCRCTable))
+	return buf, nil
+}
+
+// rawKey is a key parsed in place from its encoding, so index lookups
+// compare keys without allocating.
+type rawKey struct {
+	branch uint32
+	kind   Kind
+	ino    uint64
+	block  uint64
+	name   []byte
+}
+
+// parseRawKey parses an AppendKey encoding at the start of b and returns it
+// with its length.
+func parseRawKey(b []byte) (rawKey, int, bool) {
+	var r rawKey
+	if len(b) < layerMinKeyLen {
+		return r, 0, false
+	}
+	r.branch = binary.BigEndian.Uint32(b)
+	r.kind = Kind(b[4])
+	r.ino = binary.BigEndian.Uint64(b[5:])
+	n := layerMinKeyLen
+	switch r.kind {
+	case KindInode:
+	case KindBlock:
+		if len(b) < n+8 {
+			return r, 0, false
+		}
+		r.block = binary.BigEndian.Uint64(b[n:])
+		n += 8
+	case KindDirent:
+		if len(b) < n+1 || len(b) < n+1+int(b[n]) {
+			return r, 0, false
+		}
+		l := int(b[n])
+		r.name = b[n+1 : n+1+l]
+		n += 1 + l
+	default:
+		return r, 0, false
+	}
+	return r, n, true
+}
+
+// compare orders like Key.Compare.
+func (r rawKey) compare(o rawKey) int {
+	if c := cmp.Compare(r.branch, o.branch); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.kind, o.kind); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.ino, o.ino); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.block, o.block); c != 0 {
+		return c
+	}
+	return bytes.Compare(r.name, o.name)
+}
+
+// compareKey orders like Key.Compare.
+func (r rawKey) compareKey(k Key) int {
+	if c := cmp.Compare(r.branch, k.Branch); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.kind, k.Kind); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.ino, k.Ino); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.block, k.Block); c != 0 {
+		return c
+	}
+	n := min(len(r.name), len(k.Name))
+	for i := range n {
+		if c := cmp.Compare(r.name[i], k.Name[i]); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(r.name), len(k.Name))
+}
+
+func (r rawKey) key() Key {
+	return Key{Branch: r.branch, Kind: r.kind, Ino: r.ino, Block: r.block, Name: string(r.name)}
+}
+
+// Layer is an opened layer: footer+index read once and held in memory;
+// records fetched with ranged reads (GetRange) and cached. It is immutable
+// and safe for concurrent use.
+type Layer struct {
+	store   ObjectStore
+	cache   *fastcache.Cache
+	meta    LayerMeta
+	entries uint64
+	dataLen uint64 // the index offset: records fill [0, dataLen)
+
+	// index is the verified raw index section and pos the start of each
+	// entry in it: about 4 bytes per key on top of the encoding, instead of
+	// a decoded Key (with a string header) per entry.
+	index []byte
+	pos   []uint32
+
+	// cacheID prefixes cache keys. It includes the footer crc so that two
+	// different objects with the same name (say, in two stores sharing a
+	// cache) do not share cache entries; a cached record that still fails
+	// verification is refetched, not reported corrupt.
+	cacheID []byte
+}
+
+type layerIndexEntry struct {
+	key    rawKey
+	rawKey []byte
+	off    uint64
+	n      uint32
+	minLSN uint64
+	crc    uint32
+}
+
+func layerCorrupt(name, format string, args ...any) error {
+	return fmt.Errorf("layer %s: %w: %s", name, ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// OpenLayer reads and verifies the footer and the index of the layer object
+// name.
+func OpenLayer(ctx context.Context, store ObjectStore, name string, cache *fastcache.Cache) (*Layer, error) {
+	size, err := store.Size(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", name, err)
+	}
+	if size < layerFooterLen {
+		return nil, layerCorrupt(name, "object of %d bytes is shorter than a footer", size)
+	}
+	f, err := store.GetRange(ctx, name, size-layerFooterLen, layerFooterLen)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: read footer: %w", name, err)
+	}
+	if len(f) != layerFooterLen {
+		return nil, layerCorrupt(name, "footer read returned %d bytes", len(f))
+	}
+	if string(f[:8]) != layerMagic {
+		return nil, layerCorrupt(name, "bad magic %q", f[:8])
+	}
+	footerCRC := binary.BigEndian.Uint32(f[64:])
+	if crc32.Checksum(f[:64], layerCRCTable) != footerCRC {
+		return nil, layerCorrupt(name, "footer checksum mismatch")
+	}
+	if v := binary.BigEndian.Uint32(f[8:]); v != layerFormatVersion {
+		return nil, layerCorrupt(name, "unsupported format version %d", v)
+	}
+	indexCRC := binary.BigEndian.Uint32(f[12:])
+	minLSN := binary.BigEndian.Uint64(f[16:])
+	maxLSN := binary.BigEndian.Uint64(f[24:])
+	entries := binary.BigEndian.Uint64(f[32:])
+	keys := binary.BigEndian.Uint64(f[40:])
+	indexOff := binary.BigEndian.Uint64(f[48:])
+	indexLen := binary.BigEndian.Uint64(f[56:])
+	body := uint64(size - layerFooterLen)
+	switch {
+	case minLSN > maxLSN:
+		return nil, layerCorrupt(name, "MinLSN %d > MaxLSN %d", minLSN, maxLSN)
+	case indexOff > body || indexLen != body-indexOff:
+		return nil, layerCorrupt(name, "index [%d, +%d) does not end at the footer (%d)", indexOff, indexLen, body)
+	case indexLen > math.MaxUint32:
+		return nil, layerCorrupt(name, "index of %d bytes too large", indexLen)
+	case keys > indexLen/layerMinIndexEntryLen || entries < keys || entries > indexOff/layerVersionHeaderLen:
+		return nil, layerCorrupt(name, "%d keys, %d entries do not fit %d data and %d index bytes", keys, entries, indexOff, indexLen)
+	}
+	idx, err := store.GetRange(ctx, name, int64(indexOff), int64(indexLen))
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: read index: %w", name, err)
+	}
+	if uint64(len(idx)) != indexLen {
+		return nil, layerCorrupt(name, "index read returned %d of %d bytes", len(idx), indexLen)
+	}
+	if crc32.Checksum(idx, layerCRCTable) != indexCRC {
+		return nil, layerCorrupt(name, "index checksum mismatch")
+	}
+
+	// The index passed its checksum, so these checks catch encoder bugs and
+	// checksum collisions; they also guarantee that lookups can trust it.
+	l := &Layer{
+		store:   store,
+		cache:   cache,
+		meta:    LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: size, Keys: int(keys)},
+		entries: entries,
+		dataLen: indexOff,
+		index:   idx,
+		pos:     make([]uint32, 0, keys),
+	}
+	var prev rawKey
+	var next uint64 // where the next record must start
+	for p := 0; p < len(idx); {
+		k, kl, ok := parseRawKey(idx[p:])
+		if !ok {
+			return nil, layerCorrupt(name, "index entry at %d: bad key", p)
+		}
+		if len(idx)-p-kl < layerIndexTailLen {
+			return nil, layerCorrupt(name, "index entry at %d: truncated", p)
+		}
+		t := idx[p+kl:]
+		off := binary.BigEndian.Uint64(t)
+		n := uint64(binary.BigEndian.Uint32(t[8:]))
+		kmin := binary.BigEndian.Uint64(t[12:])
+		switch {
+		case len(l.pos) > 0 && prev.compare(k) >= 0:
+			return nil, layerCorrupt(name, "index entry at %d: key %v not after %v", p, k.key(), prev.key())
+		case off != next || n < layerMinRecordLen || n > indexOff-off:
+			return nil, layerCorrupt(name, "index entry at %d: record [%d, +%d) not contiguous in data of %d bytes", p, off, n, indexOff)
+		case kmin <= minLSN || kmin > maxLSN:
+			return nil, layerCorrupt(name, "index entry at %d: LSN %d outside (%d, %d]", p, kmin, minLSN, maxLSN)
+		case uint64(len(l.pos)) == keys:
+			return nil, layerCorrupt(name, "index holds more than %d keys", keys)
+		}
+		l.pos = append(l.pos, uint32(p))
+		prev = k
+		next = off + n
+		p += kl + layerIndexTailLen
+	}
+	if next != indexOff || uint64(len(l.pos)) != keys {
+		return nil, layerCorrupt(name, "index holds %d keys covering %d bytes, footer says %d keys, %d bytes", len(l.pos), next, keys, indexOff)
+	}
+	l.cacheID = binary.BigEndian.AppendUint32(append([]byte(name), 0), footerCRC)
+	return l, nil
+}
+
+func (l *Layer) Meta() LayerMeta { return l.meta }
+
+// entry decodes index entry i, which OpenLayer verified.
+func (l *Layer) entry(i int) layerIndexEntry {
+	b := l.index[l.pos[i]:]
+	k, kl, _ := parseRawKey(b)
+	t := b[kl:]
+	return layerIndexEntry{
+		key:    k,
+		rawKey: b[:kl],
+		off:    binary.BigEndian.Uint64(t),
+		n:      binary.BigEndian.Uint32(t[8:]),
+		minLSN: binary.BigEndian.Uint64(t[12:]),
+		crc:    binary.BigEndian.Uint32(t[20:]),
+	}
+}
+
+// search returns the index of the first key >= k.
+func (l *Layer) search(k Key) int {
+	return sort.Search(len(l.pos), func(i int) bool {
+		r, _, _ := parseRawKey(l.index[l.pos[i]:])
+		return r.compareKey(k) >= 0
+	})
+}
+
+func (l *Layer) cacheKey(off uint64) []byte {
+	k := make([]byte, 0, len(l.cacheID)+8)
+	k = append(k, l.cacheID...)
+	return binary.BigEndian.AppendUint64(k, off)
+}
+
+func layerCacheIsBig(ck []byte, n uint32) bool {
+	return len(ck)+int(n)+4 >= layerCacheMaxEntry
+}
+
+// cached returns a copy of the record at e from the cache. The bytes are
+// verified by decodeRecord like any others.
+func (l *Layer) cached(e *layerIndexEntry) ([]byte, bool) {
+	if l.cache == nil {
+		return nil, false
+	}
+	ck := l.cacheKey(e.off)
+	if layerCacheIsBig(ck, e.n) {
+		b := l.cache.GetBig(nil, ck)
+		return b, len(b) == int(e.n)
+	}
+	b, ok := l.cache.HasGet(nil, ck)
+	return b, ok && len(b) == int(e.n)
+}
+
+func (l *Layer) has(e *layerIndexEntry) bool {
+	return l.cache != nil && l.cache.Has(l.cacheKey(e.off))
+}
+
+// storeCache caches a verified record; fastcache copies it.
+func (l *Layer) storeCache(e *layerIndexEntry, rec []byte) {
+	if l.cache == nil {
+		return
+	}
+	ck := l.cacheKey(e.off)
+	if layerCacheIsBig(ck, e.n) {
+		l.cache.SetBig(ck, rec)
+	} else {
+		l.cache.Set(ck, rec)
+	}
+}
+
+// fetch reads n bytes at off from the data section.
+func (l *Layer) fetch(ctx context.Context, off, n uint64) ([]byte, error) {
+	b, err := l.store.GetRange(ctx, l.meta.Name, int64(off), int64(n))
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: read records at %d: %w", l.meta.Name, off, err)
+	}
+	if uint64(len(b)) != n {
+		return nil, fmt.Errorf("layer %s: read records at %d: got %d of %d bytes: %w", l.meta.Name, off, len(b), n, ErrCorrupt)
+	}
+	return b, nil
+}
+
+// decodeRecord verifies rec as the record of e and returns its versions,
+// newest first. Value data slices rec with capacity capped at their length,
+// so appending to one cannot overwrite another.
+func (l *Layer) decodeRecord(e *layerIndexEntry, rec []byte) ([]Version, error) {
+	bad := func(why string, args ...any) error {
+		return fmt.Errorf("layer %s: record at %d: %w: %s", l.meta.Name, e.off, ErrCorrupt, fmt.Sprintf(why, args...))
+	}
+	if len(rec) != int(e.n) || len(rec) < layerMinRecordLen {
+		return nil, bad("%d bytes, index says %d", len(rec), e.n)
+	}
+	body := rec[:len(rec)-4]
+	crc := crc32.Update(crc32.Update(0, layerCRCTable, e.rawKey), layerCRCTable, body)
+	if crc != binary.BigEndian.Uint32(rec[len(rec)-4:]) || crc != e.crc {
+		return nil, bad("checksum mismatch")
+	}
+	count := binary.BigEndian.Uint32(body)
+	if count == 0 || uint64(count) > uint64(len(body)-4)/layerVersionHeaderLen {
+		return nil, bad("%d versions in %d bytes", count, len(body))
+	}
+	vs := make([]Version, 0, count)
+	p := 4
+	for range count {
+		if len(body)-p < layerVersionHeaderLen {
+			return nil, bad("truncated version at %d", p)
+		}
+		lsn := binary.BigEndian.Uint64(body[p:])
+		kind := ValueKind(body[p+8])
+		n := uint64(binary.BigEndian.Uint32(body[p+9:]))
+		p += layerVersionHeaderLen
+		switch {
+		case lsn <= l.meta.MinLSN || lsn > l.meta.MaxLSN:
+			return nil, bad("LSN %d outside (%d, %d]", lsn, l.meta.MinLSN, l.meta.MaxLSN)
+		case len(vs) > 0 && lsn >= vs[len(vs)-1].LSN:
+			return nil, bad("LSN %d not below %d", lsn, vs[len(vs)-1].LSN)
+		case n > uint64(len(body)-p):
+			return nil, bad("value of %d bytes overruns the record", n)
+		}
+		v := Version{LSN: lsn, Value: Value{Kind: kind}}
+		switch kind {
+		case ValData:
+			end := p + int(n)
+			v.Value.Data = body[p:end:end]
+		case ValZero, ValTombstone:
+			if n != 0 {
+				return nil, bad("value kind %d with %d bytes", kind, n)
+			}
+		default:
+			return nil, bad("invalid value kind %d", kind)
+		}
+		p += int(n)
+		vs = append(vs, v)
+	}
+	if p != len(body) {
+		return nil, bad("%d trailing bytes", len(body)-p)
+	}
+	if last := vs[len(vs)-1].LSN; last != e.minLSN {
+		return nil, bad("oldest LSN %d, index says %d", last, e.minLSN)
+	}
+	return vs, nil
+}
+
+// fromCache returns the versions of e from the cache. A cached record that
+// fails verification is treated as a miss: it can only come from another
+// object with the same name and footer crc, and the store has the truth.
+func (l *Layer) fromCache(e *layerIndexEntry) ([]Version, bool) {
+	rec, ok := l.cached(e)
+	if !ok {
+		return nil, false
+	}
+	vs, err := l.decodeRecord(e, rec)
+	return vs, err == nil
+}
+
+// fromStore verifies rec, freshly read from the store, as the record of e
+// and caches it.
+func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
+	vs, err := l.decodeRecord(e, rec)
+	if err != nil {
+		return nil, err
+	}
+	l.storeCache(e, rec)
+	return vs, nil
+}
+
+// Get returns the newest version of key with LSN <= maxLSN in this layer.
+// A tombstone is returned like any version: it means the key was deleted.
+func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool, error) {
+	i := l.search(key)
+	if i == len(l.pos) {
+		return Version{}, false, nil
+	}
+	e := l.entry(i)
+	if e.key.compareKey(key) != 0 || e.minLSN > maxLSN {
+		return Version{}, false, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return Version{}, false, err
+	}
+	vs, ok := l.fromCache(&e)
+	if !ok {
+		rec, err := l.fetch(ctx, e.off, uint64(e.n))
+		if err != nil {
+			return Version{}, false, err
+		}
+		if vs, err = l.fromStore(&e, rec); err != nil {
+			return Version{}, false, err
+		}
+	}
+	for _, v := range vs {
+		if v.LSN <= maxLSN {
+			// Copy so the caller does not pin the whole record, which may
+			// hold many older versions.
+			if v.Value.Data != nil {
+				v.Value.Data = bytes.Clone(v.Value.Data)
+			}
+			return v, true, nil
+		}
+	}
+	// decodeRecord checked the oldest LSN against the index's minLSN.
+	return Version{}, false, errors.New("unreachable: no version below the index's minimum LSN")
+}
+
+// Scan calls fn for every version of every key in [from, to) (to
+// exclusive), key ascending, LSN descending, only versions with LSN <=
+// maxLSN. fn may keep the entries; their Data may share memory with other
+// entries of the same scan (but never with the cache or a later call).
+// An error from fn stops the scan and is returned unchanged.
+func (l *Layer) Scan(ctx context.Context, from, to Key, maxLSN uint64, fn func(Entry) error) error {
+	if from.Compare(to) >= 0 {
+		return nil
+	}
+	hi := l.search(to)
+	// span holds records read ahead: the bytes at [spanOff, spanOff+len).
+	var span []byte
+	var spanOff uint64
+	for i := l.search(from); i < hi; i++ {
+		e := l.entry(i)
+		if e.minLSN > maxLSN {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var vs []Version
+		var err error
+		end := e.off + uint64(e.n)
+		if e.off >= spanOff && end <= spanOff+uint64(len(span)) {
+			vs, err = l.fromStore(&e, span[e.off-spanOff:end-spanOff])
+		} else if cvs, ok := l.fromCache(&e); ok {
+			vs = cvs
+		} else {
+			// Read this record and the following uncached ones, up to
+			// the read-ahead budget, in one request.
+			for j := i + 1; j < hi; j++ {
+				ej := l.entry(j)
+				if ej.off+uint64(ej.n)-e.off > layerScanReadAhead || l.has(&ej) {
+					break
+				}
+				end = ej.off + uint64(ej.n)
+			}
+			if span, err = l.fetch(ctx, e.off, end-e.off); err != nil {
+				return err
+			}
+			spanOff = e.off
+			vs, err = l.fromStore(&e, span[:e.n])
+		}
+		if err != nil {
+			return err
+		}
+		key := e.key.key()
+		for _, v := range vs {
+			if v.LSN > maxLSN {
+				continue
+			}
+			if err := fn(Entry{Key: key, Version: v}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,548 @@
+package blockstore
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/VictoriaMetrics/fastcache"
+)
+
+// ReadPoint is one step of a branch's ancestry: the branch's own versions
+// with LSN <= MaxLSN. A lineage lists the branch itself first, then its
+// parent at the fork LSN, and so on up to the root.
+type ReadPoint struct {
+	Branch uint32
+	MaxLSN uint64
+}
+
+// Store is the block map of a volume: memtable segments over layers. It is
+// fed only by Apply (the FSM) and read by anyone; all methods are safe for
+// concurrent use.
+//
+// Invariant: every segment covers LSNs above every layer, so a read that
+// walks segments newest-first and then layers newest-first meets versions
+// in descending LSN order and can stop at the first hit.
+type Store struct {
+	objects ObjectStore
+	cache   *fastcache.Cache
+
+	mu      sync.RWMutex
+	segs    []*segment  // oldest first; the last is the active one. Replaced, never mutated in place.
+	layers  []*layerRef // oldest first. Replaced, never mutated in place.
+	applied uint64
+}
+
+type layerRef struct {
+	meta LayerMeta
+	once sync.Once
+	l    *Layer
+	err  error
+}
+
+// NewStore returns an empty store over objects with a block cache of
+// cacheBytes.
+func NewStore(objects ObjectStore, cacheBytes int) *Store {
+	return &Store{
+		objects: objects,
+		cache:   fastcache.New(cacheBytes),
+		segs:    []*segment{newSegment(0)},
+	}
+}
+
+// Objects is the object store layers live in.
+func (s *Store) Objects() ObjectStore { return s.objects }
+
+// Apply records the puts of the log entry at lsn. A later put of the same
+// key in one call wins. Values are retained, not copied.
+func (s *Store) Apply(lsn uint64, puts []Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	act := s.segs[len(s.segs)-1]
+	for _, e := range puts {
+		act.put(lsn, e.Key, e.Value)
+	}
+	act.maxLSN = max(act.maxLSN, lsn)
+	s.applied = max(s.applied, lsn)
+}
+
+// Applied is the highest LSN applied.
+func (s *Store) Applied() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.applied
+}
+
+// freezeLocked closes the active segment at lsn and opens a new one.
+func (s *Store) freezeLocked(lsn uint64) {
+	act := s.segs[len(s.segs)-1]
+	if len(act.keys) == 0 {
+		act.minLSN, act.maxLSN = lsn, lsn
+		return
+	}
+	act.maxLSN = max(act.maxLSN, lsn)
+	act.frozen = true
+	segs := slices.Clone(s.segs)
+	s.segs = append(segs, newSegment(act.maxLSN))
+}
+
+// Freeze closes the memtable at lsn: everything applied so far becomes
+// eligible for the next layer. Called when the freeze entry at lsn applies,
+// so every node cuts at the same LSN.
+func (s *Store) Freeze(lsn uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applied = max(s.applied, lsn)
+	s.freezeLocked(lsn)
+}
+
+// MemBytes returns the bytes held by the active segment and by frozen ones.
+func (s *Store) MemBytes() (active, frozen int64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i, sg := range s.segs {
+		if i == len(s.segs)-1 {
+			active = sg.bytes
+		} else {
+			frozen += sg.bytes
+		}
+	}
+	return active, frozen
+}
+
+// LayerName is the object name of the layer covering (minLSN, maxLSN]. It
+// is a function of the range, so re-uploading after a crash between upload
+// and commit rewrites the same object with the same bytes.
+func LayerName(minLSN, maxLSN uint64) string {
+	return fmt.Sprintf("layers/%020d-%020d.layer", minLSN, maxLSN)
+}
+
+// WriteLayer encodes every frozen segment ending at or before upTo into one
+// layer object and uploads it. It does not change the store: the layer
+// becomes part of it when AddLayer applies. ok is false when there is
+// nothing to write.
+func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok bool, err error) {
+	s.mu.RLock()
+	var segs []*segment
+	for _, sg := range s.segs {
+		if sg.frozen && sg.maxLSN <= upTo {
+			segs = append(segs, sg)
+		}
+	}
+	s.mu.RUnlock()
+	if len(segs) == 0 {
+		return LayerMeta{}, false, nil
+	}
+	minLSN, maxLSN := segs[0].minLSN, segs[len(segs)-1].maxLSN
+	entries := mergeEntries(segs)
+	data, err := EncodeLayer(entries, minLSN, maxLSN)
+	if err != nil {
+		return LayerMeta{}, false, fmt.Errorf("encode layer (%d, %d]: %w", minLSN, maxLSN, err)
+	}
+	name := LayerName(minLSN, maxLSN)
+	if err := s.objects.Put(ctx, name, data); err != nil {
+		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)
+	}
+	keys := 0
+	for i, e := range entries {
+		if i == 0 || e.Key != entries[i-1].Key {
+			keys++
+		}
+	}
+	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: keys}, true, nil
+}
+
+// AddLayer makes a written layer part of the store and drops the memtable
+// segments it covers.
+func (s *Store) AddLayer(meta LayerMeta) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.layers {
+		if l.meta.Name == meta.Name {
+			return // replayed entry
+		}
+	}
+	s.layers = append(slices.Clone(s.layers), &layerRef{meta: meta})
+	var keep []*segment
+	for _, sg := range s.segs {
+		if sg.frozen && sg.maxLSN <= meta.MaxLSN {
+			continue
+		}
+		keep = append(keep, sg)
+	}
+	s.segs = keep
+}
+
+// Layers lists the layers, oldest first.
+func (s *Store) Layers() []LayerMeta {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]LayerMeta, len(s.layers))
+	for i, l := range s.layers {
+		out[i] = l.meta
+	}
+	return out
+}
+
+func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
+	r.once.Do(func() {
+		r.l, r.err = OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
+		if r.err != nil {
+			slog.Error("open layer", "layer", r.meta.Name, "err", r.err)
+		}
+	})
+	if r.err != nil && errors.Is(r.err, context.Canceled) {
+		// Do not remember a cancellation as the layer's fate.
+		err := r.err
+		r.once = sync.Once{}
+		return nil, err
+	}
+	return r.l, r.err
+}
+
+// view captures the read state: frozen segments and layers are immutable,
+// so only the active segment needs the lock.
+func (s *Store) view() ([]*segment, []*layerRef) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.segs, s.layers
+}
+
+// Get returns the version of key visible through lineage: the newest
+// version on the first lineage point that has one. A tombstone is returned
+// as found (it hides the ancestors' versions); callers check Deleted.
+// key.Branch is ignored.
+func (s *Store) Get(ctx context.Context, key Key, lineage []ReadPoint) (Version, bool, error) {
+	segs, layers := s.view()
+	for _, p := range lineage {
+		key.Branch = p.Branch
+		for i := len(segs) - 1; i >= 0; i-- {
+			sg := segs[i]
+			if sg.minLSN >= p.MaxLSN {
+				continue
+			}
+			var v Version
+			var ok bool
+			if !sg.frozen {
+				s.mu.RLock()
+				v, ok = sg.get(key, p.MaxLSN)
+				s.mu.RUnlock()
+			} else {
+				v, ok = sg.get(key, p.MaxLSN)
+			}
+			if ok {
+				return v, true, nil
+			}
+		}
+		for i := len(layers) - 1; i >= 0; i-- {
+			r := layers[i]
+			if r.meta.MinLSN >= p.MaxLSN {
+				continue
+			}
+			l, err := s.open(ctx, r)
+			if err != nil {
+				return Version{}, false, fmt.Errorf("read %s: %w", key, err)
+			}
+			v, ok, err := l.Get(ctx, key, p.MaxLSN)
+			if err != nil {
+				return Version{}, false, fmt.Errorf("read %s: %w", key, err)
+			}
+			if ok {
+				return v, true, nil
+			}
+		}
+	}
+	return Version{}, false, nil
+}
+
+// ScanLatest calls fn, in key order, for every key in [from, to) visible
+// through lineage and not deleted, with its visible version. Keys are
+// reported with Branch 0. It loads the whole range into memory: meant for
+// metadata, not blocks.
+func (s *Store) ScanLatest(ctx context.Context, lineage []ReadPoint, from, to Key, fn func(Entry) error) error {
+	segs, layers := s.view()
+	seen := make(map[Key]Version)
+	for _, p := range lineage {
+		lo, hi := from, to
+		lo.Branch, hi.Branch = p.Branch, p.Branch
+		found := make(map[Key]Version)
+		consider := func(e Entry) {
+			if e.LSN > p.MaxLSN {
+				return
+			}
+			k := e.Key
+			k.Branch = 0
+			if _, done := seen[k]; done {
+				return
+			}
+			if cur, ok := found[k]; !ok || e.LSN > cur.LSN {
+				found[k] = e.Version
+			}
+		}
+		s.mu.RLock()
+		for _, sg := range segs {
+			for k := range sg.keys {
+				if k.Compare(lo) < 0 || k.Compare(hi) >= 0 {
+					continue
+				}
+				if v, ok := sg.get(k, p.MaxLSN); ok {
+					consider(Entry{Key: k, Version: v})
+				}
+			}
+		}
+		s.mu.RUnlock()
+		for _, r := range layers {
+			if r.meta.MinLSN >= p.MaxLSN {
+				continue
+			}
+			l, err := s.open(ctx, r)
+			if err != nil {
+				return fmt.Errorf("scan %s..%s: %w", lo, hi, err)
+			}
+			if err := l.Scan(ctx, lo, hi, p.MaxLSN, func(e Entry) error { consider(e); return nil }); err != nil {
+				return fmt.Errorf("scan %s..%s: %w", lo, hi, err)
+			}
+		}
+		for k, v := range found {
+			seen[k] = v
+		}
+	}
+	keys := make([]Key, 0, len(seen))
+	for k, v := range seen {
+		if !v.Value.Deleted() {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, Key.Compare)
+	for _, k := range keys {
+		if err := fn(Entry{Key: k, Version: seen[k]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const snapshotMagic = "NEONSNP1"
+
+// Capture is the store's state at one applied LSN, for a Raft snapshot.
+type Capture struct {
+	segs    []*segment
+	layers  []*layerRef
+	applied uint64
+}
+
+// Capture freezes the active segment locally and captures the state, so
+// the snapshot can be written while applies go on, against immutable data.
+// Call it where no Apply runs concurrently (raft's FSM.Snapshot).
+func (s *Store) Capture() *Capture {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.freezeLocked(s.applied)
+	return &Capture{segs: s.segs[:len(s.segs)-1], layers: s.layers, applied: s.applied}
+}
+
+// Write writes the captured layer list and every memtable version.
+func (c *Capture) Write(w io.Writer) error {
+	segs, layers, applied := c.segs, c.layers, c.applied
+
+	crc := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 1<<20)
+	var b []byte
+	b = append(b, snapshotMagic...)
+	b = binary.AppendUvarint(b, applied)
+	b = binary.AppendUvarint(b, uint64(len(layers)))
+	for _, l := range layers {
+		b = binary.AppendUvarint(b, uint64(len(l.meta.Name)))
+		b = append(b, l.meta.Name...)
+		b = binary.AppendUvarint(b, l.meta.MinLSN)
+		b = binary.AppendUvarint(b, l.meta.MaxLSN)
+		b = binary.AppendUvarint(b, uint64(l.meta.Size))
+		b = binary.AppendUvarint(b, uint64(l.meta.Keys))
+	}
+	b = binary.AppendUvarint(b, uint64(len(segs)))
+	if _, err := bw.Write(b); err != nil {
+		return err
+	}
+	for _, sg := range segs {
+		es := sg.entries()
+		b = b[:0]
+		b = binary.AppendUvarint(b, sg.minLSN)
+		b = binary.AppendUvarint(b, sg.maxLSN)
+		b = binary.AppendUvarint(b, uint64(len(es)))
+		for _, e := range es {
+			b = AppendKey(b, e.Key)
+			b = binary.AppendUvarint(b, e.LSN)
+			b = append(b, byte(e.Value.Kind))
+			b = binary.AppendUvarint(b, uint64(len(e.Value.Data)))
+			b = append(b, e.Value.Data...)
+			if len(b) > 1<<20 {
+				if _, err := bw.Write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+			}
+		}
+		if _, err := bw.Write(b); err != nil {
+			return err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	_, err := w.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32()))
+	return err
+}
+
+// ReadSnapshot replaces the store's state with a snapshot written by
+// WriteSnapshot.
+func (s *Store) ReadSnapshot(r io.Reader) error {
+	crc := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	br := bufio.NewReaderSize(r, 1<<20)
+	tr := &teeByteReader{r: br, h: crc}
+	fail := func(what string, err error) error {
+		return fmt.Errorf("read snapshot %s: %w", what, err)
+	}
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(tr, magic); err != nil || string(magic) != snapshotMagic {
+		return fail("header", ErrCorrupt)
+	}
+	applied, err := binary.ReadUvarint(tr)
+	if err != nil {
+		return fail("applied", err)
+	}
+	nl, err := binary.ReadUvarint(tr)
+	if err != nil {
+		return fail("layer count", err)
+	}
+	var layers []*layerRef
+	for range nl {
+		name, err := readBytes(tr, 4096)
+		if err != nil {
+			return fail("layer name", err)
+		}
+		var f [4]uint64
+		for i := range f {
+			if f[i], err = binary.ReadUvarint(tr); err != nil {
+				return fail("layer meta", err)
+			}
+		}
+		layers = append(layers, &layerRef{meta: LayerMeta{Name: string(name), MinLSN: f[0], MaxLSN: f[1], Size: int64(f[2]), Keys: int(f[3])}})
+	}
+	ns, err := binary.ReadUvarint(tr)
+	if err != nil {
+		return fail("segment count", err)
+	}
+	var segs []*segment
+	for range ns {
+		minLSN, err1 := binary.ReadUvarint(tr)
+		maxLSN, err2 := binary.ReadUvarint(tr)
+		n, err3 := binary.ReadUvarint(tr)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return fail("segment header", err)
+		}
+		sg := newSegment(minLSN)
+		sg.maxLSN, sg.frozen = maxLSN, true
+		for range n {
+			k, err := readKey(tr)
+			if err != nil {
+				return fail("key", err)
+			}
+			lsn, err := binary.ReadUvarint(tr)
+			if err != nil {
+				return fail("lsn", err)
+			}
+			kind, err := tr.ReadByte()
+			if err != nil {
+				return fail("value kind", err)
+			}
+			data, err := readBytes(tr, 1<<24)
+			if err != nil {
+				return fail("value", err)
+			}
+			if len(data) == 0 {
+				data = nil
+			}
+			// entries are LSN-descending per key; put wants ascending.
+			vs := sg.keys[k]
+			sg.keys[k] = append([]Version{{LSN: lsn, Value: Value{Kind: ValueKind(kind), Data: data}}}, vs...)
+			sg.bytes += int64(len(data)) + 32
+		}
+		segs = append(segs, sg)
+	}
+	sum := crc.Sum32()
+	var tail [4]byte
+	if _, err := io.ReadFull(br, tail[:]); err != nil || binary.BigEndian.Uint32(tail[:]) != sum {
+		return fail("checksum", ErrCorrupt)
+	}
+	segs = append(segs, newSegment(applied))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.segs, s.layers, s.applied = segs, layers, applied
+	return nil
+}
+
+type teeByteReader struct {
+	r *bufio.Reader
+	h io.Writer
+}
+
+func (t *teeByteReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.h.Write(p[:n])
+	return n, err
+}
+
+func (t *teeByteReader) ReadByte() (byte, error) {
+	c, err := t.r.ReadByte()
+	if err == nil {
+		t.h.Write([]byte{c})
+	}
+	return c, err
+}
+
+func readBytes(r *teeByteReader, limit uint64) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, fmt.Errorf("length %d over %d: %w", n, limit, ErrCorrupt)
+	}
+	b := make([]byte, n)
+	_, err = io.ReadFull(r, b)
+	return b, err
+}
+
+func readKey(r *teeByteReader) (Key, error) {
+	hdr := make([]byte, 13, 13+256)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return Key{}, err
+	}
+	switch Kind(hdr[4]) {
+	case KindBlock:
+		var blk [8]byte
+		if _, err := io.ReadFull(r, blk[:]); err != nil {
+			return Key{}, err
+		}
+		hdr = append(hdr, blk[:]...)
+	case KindDirent:
+		n, err := r.ReadByte()
+		if err != nil {
+			return Key{}, err
+		}
+		name := make([]byte, n)
+		if _, err := io.ReadFull(r, name); err != nil {
+			return Key{}, err
+		}
+		hdr = append(append(hdr, n), name...)
+	}
+	k, _, err := DecodeKey(hdr)
+	return k, err
+}

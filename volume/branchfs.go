@@ -1,0 +1,690 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+)
+
+const bs = blockstore.BlockSize
+
+// BranchFS is the POSIX view of one branch: the namespace in memory
+// (loaded from the block map at mount), file data read through the
+// committer's overlay and the block map, every change put into the log.
+// The FUSE layer translates requests into these calls; the decisions live
+// here. Errors are errnos because that is the vocabulary of the callers.
+//
+// The mounting daemon is the only writer of a branch, so the in-memory
+// namespace is authoritative while mounted.
+type BranchFS struct {
+	vol      *Volume
+	branch   uint32
+	name     string
+	lineage  []blockstore.ReadPoint
+	readOnly bool
+
+	// mu orders mutations: a change and the Put that logs it happen under
+	// it, so the log order is the order the file system saw.
+	mu    sync.RWMutex
+	nodes map[uint64]*node
+}
+
+type node struct {
+	attr     Attr
+	children map[string]uint64 // directories only
+	lastSeq  uint64            // batch holding the last change, for fsync
+}
+
+// DirEntry is one name in a directory.
+type DirEntry struct {
+	Name string
+	Ino  uint64
+	Mode uint32
+}
+
+// AttrChange lists the attributes a setattr changes; nil fields stay.
+type AttrChange struct {
+	Mode, Uid, Gid *uint32
+	Size           *uint64
+	Atime, Mtime   *int64
+}
+
+func now() int64 { return time.Now().UnixNano() }
+
+// load builds the namespace from the block map.
+func (f *BranchFS) load(ctx context.Context) error {
+	store := f.vol.store
+	f.nodes = make(map[uint64]*node)
+	from := blockstore.Key{Kind: blockstore.KindDirent}
+	to := blockstore.Key{Kind: blockstore.KindBlock}
+	var dirents []blockstore.Entry
+	err := store.ScanLatest(ctx, f.lineage, from, to, func(e blockstore.Entry) error {
+		switch e.Key.Kind {
+		case blockstore.KindInode:
+			a, err := decodeAttr(e.Value.Data)
+			if err != nil {
+				return errors.Join(err, errors.New(e.Key.String()))
+			}
+			f.nodes[e.Key.Ino] = &node{attr: a}
+		case blockstore.KindDirent:
+			dirents = append(dirents, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range f.nodes {
+		if n.attr.IsDir() {
+			n.children = make(map[string]uint64)
+		}
+	}
+	for _, e := range dirents {
+		child, _, err := decodeDirent(e.Value.Data)
+		if err != nil {
+			return errors.Join(err, errors.New(e.Key.String()))
+		}
+		p := f.nodes[e.Key.Ino]
+		if p == nil || p.children == nil || f.nodes[child] == nil {
+			slog.Warn("dangling directory entry", "key", e.Key.String(), "child", child)
+			continue
+		}
+		p.children[e.Key.Name] = child
+	}
+	if f.nodes[rootIno] == nil {
+		return errors.New("branch has no root directory")
+	}
+	return nil
+}
+
+// Name is the branch's name.
+func (f *BranchFS) Name() string { return f.name }
+
+// ReadOnly reports whether writes return EROFS.
+func (f *BranchFS) ReadOnly() bool { return f.readOnly }
+
+func (f *BranchFS) inodePut(ino uint64, n *node) blockstore.Entry {
+	return blockstore.Entry{Key: blockstore.InodeKey(f.branch, ino),
+		Version: blockstore.Version{Value: blockstore.Value{Data: encodeAttr(n.attr)}}}
+}
+
+func (f *BranchFS) direntPut(parent uint64, name string, child uint64, mode uint32) blockstore.Entry {
+	return blockstore.Entry{Key: blockstore.DirentKey(f.branch, parent, name),
+		Version: blockstore.Version{Value: blockstore.Value{Data: encodeDirent(child, mode)}}}
+}
+
+func (f *BranchFS) direntDel(parent uint64, name string) blockstore.Entry {
+	return blockstore.Entry{Key: blockstore.DirentKey(f.branch, parent, name),
+		Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone}}}
+}
+
+// logLocked puts the change into the log and marks the nodes it touched.
+func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.Errno {
+	seq, err := f.vol.commit.Put(puts...)
+	if err != nil {
+		slog.Error("log change", "branch", f.name, "err", err)
+		return syscall.EIO
+	}
+	for _, n := range touched {
+		n.lastSeq = seq
+	}
+	return 0
+}
+
+// begin waits for room in the log and checks the branch can change.
+func (f *BranchFS) begin(bytes int) syscall.Errno {
+	if f.readOnly {
+		return syscall.EROFS
+	}
+	if f.vol.diskFull() {
+		return syscall.ENOSPC
+	}
+	if err := f.vol.commit.WaitRoom(bytes); err != nil {
+		return syscall.EIO
+	}
+	return 0
+}
+
+// GetAttr returns an inode's attributes.
+func (f *BranchFS) GetAttr(ino uint64) (Attr, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := f.nodes[ino]
+	if n == nil {
+		return Attr{}, syscall.ENOENT
+	}
+	return n.attr, 0
+}
+
+// Lookup finds name in directory parent.
+func (f *BranchFS) Lookup(parent uint64, name string) (uint64, Attr, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p := f.nodes[parent]
+	if p == nil || p.children == nil {
+		return 0, Attr{}, syscall.ENOTDIR
+	}
+	ino, ok := p.children[name]
+	if !ok {
+		return 0, Attr{}, syscall.ENOENT
+	}
+	return ino, f.nodes[ino].attr, 0
+}
+
+// Readdir lists a directory in name order (stable across calls, as FUSE
+// readdir offsets need).
+func (f *BranchFS) Readdir(ino uint64) ([]DirEntry, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := f.nodes[ino]
+	if n == nil || n.children == nil {
+		return nil, syscall.ENOTDIR
+	}
+	out := make([]DirEntry, 0, len(n.children))
+	for name, c := range n.children {
+		out = append(out, DirEntry{Name: name, Ino: c, Mode: f.nodes[c].attr.Mode})
+	}
+	slices.SortFunc(out, func(a, b DirEntry) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out, 0
+}
+
+// Readlink returns a symlink's target.
+func (f *BranchFS) Readlink(ino uint64) (string, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := f.nodes[ino]
+	if n == nil {
+		return "", syscall.ENOENT
+	}
+	if n.attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+		return "", syscall.EINVAL
+	}
+	return n.attr.Target, 0
+}
+
+// Create makes a new inode named name in parent: a file, directory,
+// symlink or special file depending on mode.
+func (f *BranchFS) Create(parent uint64, name string, mode, uid, gid, rdev uint32, target string) (uint64, Attr, syscall.Errno) {
+	if errno := f.begin(256); errno != 0 {
+		return 0, Attr{}, errno
+	}
+	if len(name) > 255 {
+		return 0, Attr{}, syscall.ENAMETOOLONG
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.nodes[parent]
+	if p == nil || p.children == nil {
+		return 0, Attr{}, syscall.ENOTDIR
+	}
+	if _, ok := p.children[name]; ok {
+		return 0, Attr{}, syscall.EEXIST
+	}
+	t := now()
+	ino := f.vol.allocIno()
+	n := &node{attr: Attr{Mode: mode, Uid: uid, Gid: gid, Nlink: 1, Rdev: rdev,
+		Atime: t, Mtime: t, Ctime: t, Target: target}}
+	if n.attr.IsDir() {
+		n.attr.Nlink = 2
+		n.children = make(map[string]uint64)
+		p.attr.Nlink++
+	}
+	if target != "" {
+		n.attr.Size = uint64(len(target))
+	}
+	p.attr.Mtime, p.attr.Ctime = t, t
+	f.nodes[ino] = n
+	p.children[name] = ino
+	errno := f.logLocked([]*node{n, p}, f.inodePut(ino, n), f.direntPut(parent, name, ino, mode), f.inodePut(parent, p))
+	return ino, n.attr, errno
+}
+
+// Link adds name in parent for the existing inode ino.
+func (f *BranchFS) Link(ino, parent uint64, name string) (Attr, syscall.Errno) {
+	if errno := f.begin(256); errno != 0 {
+		return Attr{}, errno
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, n := f.nodes[parent], f.nodes[ino]
+	if p == nil || p.children == nil {
+		return Attr{}, syscall.ENOTDIR
+	}
+	if n == nil {
+		return Attr{}, syscall.ENOENT
+	}
+	if n.attr.IsDir() {
+		return Attr{}, syscall.EPERM
+	}
+	if _, ok := p.children[name]; ok {
+		return Attr{}, syscall.EEXIST
+	}
+	t := now()
+	n.attr.Nlink++
+	n.attr.Ctime = t
+	p.attr.Mtime, p.attr.Ctime = t, t
+	p.children[name] = ino
+	errno := f.logLocked([]*node{n, p}, f.inodePut(ino, n), f.direntPut(parent, name, ino, n.attr.Mode), f.inodePut(parent, p))
+	return n.attr, errno
+}
+
+// Remove unlinks name from parent; dir says whether this is rmdir.
+// An unlinked file stays readable through open handles: its inode and
+// blocks are left in place (inode numbers are never reused).
+func (f *BranchFS) Remove(parent uint64, name string, dir bool) syscall.Errno {
+	if errno := f.begin(256); errno != 0 {
+		return errno
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.nodes[parent]
+	if p == nil || p.children == nil {
+		return syscall.ENOTDIR
+	}
+	ino, ok := p.children[name]
+	if !ok {
+		return syscall.ENOENT
+	}
+	n := f.nodes[ino]
+	if dir != n.attr.IsDir() {
+		if dir {
+			return syscall.ENOTDIR
+		}
+		return syscall.EISDIR
+	}
+	if dir && len(n.children) > 0 {
+		return syscall.ENOTEMPTY
+	}
+	t := now()
+	delete(p.children, name)
+	p.attr.Mtime, p.attr.Ctime = t, t
+	if dir {
+		p.attr.Nlink--
+		n.attr.Nlink = 0
+	} else {
+		n.attr.Nlink--
+	}
+	n.attr.Ctime = t
+	return f.logLocked([]*node{n, p}, f.direntDel(parent, name), f.inodePut(ino, n), f.inodePut(parent, p))
+}
+
+// Rename flags, as in renameat2(2).
+const (
+	RenameNoReplace = 1
+	RenameExchange  = 2
+)
+
+// Rename moves oldName in oldParent to newName in newParent; an existing
+// target is replaced atomically (one log entry holds the whole change).
+func (f *BranchFS) Rename(oldParent uint64, oldName string, newParent uint64, newName string, flags uint32) syscall.Errno {
+	if errno := f.begin(512); errno != 0 {
+		return errno
+	}
+	if len(newName) > 255 {
+		return syscall.ENAMETOOLONG
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	op, np := f.nodes[oldParent], f.nodes[newParent]
+	if op == nil || np == nil || op.children == nil || np.children == nil {
+		return syscall.ENOTDIR
+	}
+	srcIno, ok := op.children[oldName]
+	if !ok {
+		return syscall.ENOENT
+	}
+	src := f.nodes[srcIno]
+	dstIno, exists := np.children[newName]
+	t := now()
+	touched := []*node{src, op, np}
+	var puts []blockstore.Entry
+	switch {
+	case flags&RenameExchange != 0:
+		if !exists {
+			return syscall.ENOENT
+		}
+		dst := f.nodes[dstIno]
+		op.children[oldName], np.children[newName] = dstIno, srcIno
+		if src.attr.IsDir() != dst.attr.IsDir() && oldParent != newParent {
+			if src.attr.IsDir() {
+				op.attr.Nlink--
+				np.attr.Nlink++
+			} else {
+				op.attr.Nlink++
+				np.attr.Nlink--
+			}
+		}
+		dst.attr.Ctime = t
+		touched = append(touched, dst)
+		puts = append(puts, f.direntPut(oldParent, oldName, dstIno, dst.attr.Mode), f.inodePut(dstIno, dst))
+	case exists && flags&RenameNoReplace != 0:
+		return syscall.EEXIST
+	case exists:
+		if dstIno == srcIno {
+			return 0
+		}
+		dst := f.nodes[dstIno]
+		if dst.attr.IsDir() {
+			if !src.attr.IsDir() {
+				return syscall.EISDIR
+			}
+			if len(dst.children) > 0 {
+				return syscall.ENOTEMPTY
+			}
+			dst.attr.Nlink = 0
+			np.attr.Nlink--
+		} else {
+			if src.attr.IsDir() {
+				return syscall.ENOTDIR
+			}
+			dst.attr.Nlink--
+		}
+		dst.attr.Ctime = t
+		touched = append(touched, dst)
+		puts = append(puts, f.inodePut(dstIno, dst))
+		fallthrough
+	default:
+		delete(op.children, oldName)
+		np.children[newName] = srcIno
+		puts = append(puts, f.direntDel(oldParent, oldName))
+		if src.attr.IsDir() && oldParent != newParent {
+			op.attr.Nlink--
+			np.attr.Nlink++
+		}
+	}
+	src.attr.Ctime = t
+	op.attr.Mtime, op.attr.Ctime = t, t
+	np.attr.Mtime, np.attr.Ctime = t, t
+	puts = append(puts, f.direntPut(newParent, newName, srcIno, src.attr.Mode),
+		f.inodePut(srcIno, src), f.inodePut(oldParent, op), f.inodePut(newParent, np))
+	return f.logLocked(touched, puts...)
+}
+
+// SetAttr changes attributes; a size change truncates or extends the file.
+func (f *BranchFS) SetAttr(ino uint64, c AttrChange) (Attr, syscall.Errno) {
+	if errno := f.begin(bs + 256); errno != 0 {
+		return Attr{}, errno
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[ino]
+	if n == nil {
+		return Attr{}, syscall.ENOENT
+	}
+	t := now()
+	var puts []blockstore.Entry
+	if c.Size != nil {
+		if n.attr.IsDir() {
+			return Attr{}, syscall.EISDIR
+		}
+		var errno syscall.Errno
+		if puts, errno = f.resizeLocked(ino, n, *c.Size); errno != 0 {
+			return Attr{}, errno
+		}
+		n.attr.Mtime = t
+	}
+	if c.Mode != nil {
+		n.attr.Mode = n.attr.Mode&syscall.S_IFMT | *c.Mode&^syscall.S_IFMT
+	}
+	if c.Uid != nil {
+		n.attr.Uid = *c.Uid
+	}
+	if c.Gid != nil {
+		n.attr.Gid = *c.Gid
+	}
+	if c.Atime != nil {
+		n.attr.Atime = *c.Atime
+	}
+	if c.Mtime != nil {
+		n.attr.Mtime = *c.Mtime
+	}
+	n.attr.Ctime = t
+	puts = append(puts, f.inodePut(ino, n))
+	return n.attr, f.logLocked([]*node{n}, puts...)
+}
+
+// resizeLocked sets the size and returns the block puts that make it true.
+// Invariant: bytes of a block past the end of the file are zero, so growing
+// needs no puts; shrinking zeroes the tail of the new last block and
+// deletes the blocks past it, so a later grow cannot resurrect old bytes.
+func (f *BranchFS) resizeLocked(ino uint64, n *node, size uint64) ([]blockstore.Entry, syscall.Errno) {
+	old := n.attr.Size
+	n.attr.Size = size
+	if size >= old {
+		return nil, 0
+	}
+	var puts []blockstore.Entry
+	first := (size + bs - 1) / bs
+	last := (old + bs - 1) / bs
+	for b := first; b < last; b++ {
+		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
+			Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone}}})
+	}
+	if size%bs != 0 {
+		b := size / bs
+		page, errno := f.readBlock(ino, b)
+		if errno != 0 {
+			return nil, errno
+		}
+		clear(page[size%bs:])
+		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
+			Version: blockstore.Version{Value: blockstore.BlockValue(page)}})
+	}
+	return puts, 0
+}
+
+// readBlock returns a fresh copy of block b of ino (zeros when absent).
+func (f *BranchFS) readBlock(ino, b uint64) ([]byte, syscall.Errno) {
+	page := make([]byte, bs)
+	v, ok, errno := f.lookupBlock(ino, b)
+	if errno != 0 {
+		return nil, errno
+	}
+	if ok && v.Kind == blockstore.ValData {
+		copy(page, v.Data)
+	}
+	return page, 0
+}
+
+func (f *BranchFS) lookupBlock(ino, b uint64) (blockstore.Value, bool, syscall.Errno) {
+	k := blockstore.BlockKey(f.branch, ino, b)
+	if v, ok := f.vol.commit.Lookup(k); ok {
+		return v, true, 0
+	}
+	ver, ok, err := f.vol.store.Get(context.Background(), k, f.lineage)
+	if err != nil {
+		slog.Error("read block", "branch", f.name, "ino", ino, "block", b, "err", err)
+		return blockstore.Value{}, false, syscall.EIO
+	}
+	return ver.Value, ok, 0
+}
+
+// Read fills dest from offset off and returns the bytes read (short at EOF).
+func (f *BranchFS) Read(ino uint64, dest []byte, off int64) (int, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := f.nodes[ino]
+	if n == nil {
+		return 0, syscall.ENOENT
+	}
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	size := int64(n.attr.Size)
+	if off >= size {
+		return 0, 0
+	}
+	end := min(off+int64(len(dest)), size)
+	dest = dest[:end-off]
+	for pos := off; pos < end; {
+		b := uint64(pos / bs)
+		in := pos % bs
+		cnt := min(int64(bs)-in, end-pos)
+		out := dest[pos-off : pos-off+cnt]
+		v, ok, errno := f.lookupBlock(ino, b)
+		if errno != 0 {
+			return 0, errno
+		}
+		if ok && v.Kind == blockstore.ValData {
+			copy(out, v.Data[in:])
+		} else {
+			clear(out)
+		}
+		pos += cnt
+	}
+	return len(dest), 0
+}
+
+// Write stores data at off. Each touched block is one put, so a page
+// written by one FUSE write is committed whole or not at all.
+func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno) {
+	if off < 0 || off+int64(len(data)) > math.MaxInt64/2 {
+		return 0, syscall.EFBIG
+	}
+	if errno := f.begin(len(data) + 2*bs); errno != 0 {
+		return 0, errno
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[ino]
+	if n == nil {
+		return 0, syscall.ENOENT
+	}
+	if n.attr.IsDir() {
+		return 0, syscall.EISDIR
+	}
+	end := off + int64(len(data))
+	size := int64(n.attr.Size)
+	puts := make([]blockstore.Entry, 0, len(data)/bs+3)
+	for pos := off; pos < end; {
+		b := uint64(pos / bs)
+		in := pos % bs
+		cnt := min(int64(bs)-in, end-pos)
+		src := data[pos-off : pos-off+cnt]
+		var page []byte
+		switch {
+		case cnt == bs:
+			page = slices.Clone(src)
+		case int64(b)*bs >= size:
+			page = make([]byte, bs) // past EOF: nothing to merge with
+			copy(page[in:], src)
+		default:
+			var errno syscall.Errno
+			if page, errno = f.readBlock(ino, b); errno != 0 {
+				return 0, errno
+			}
+			copy(page[in:], src)
+		}
+		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
+			Version: blockstore.Version{Value: blockstore.BlockValue(page)}})
+		pos += cnt
+	}
+	t := now()
+	if end > size {
+		n.attr.Size = uint64(end)
+	}
+	n.attr.Mtime, n.attr.Ctime = t, t
+	puts = append(puts, f.inodePut(ino, n))
+	if errno := f.logLocked([]*node{n}, puts...); errno != 0 {
+		return 0, errno
+	}
+	return len(data), 0
+}
+
+// Allocate implements fallocate mode 0 (and KEEP_SIZE): space is never
+// reserved in a log-structured store, so it only extends the size.
+func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall.Errno {
+	const keepSize = 1
+	if mode&^keepSize != 0 {
+		return syscall.EOPNOTSUPP
+	}
+	if mode&keepSize != 0 {
+		return 0
+	}
+	f.mu.RLock()
+	n := f.nodes[ino]
+	grow := n != nil && off+length > n.attr.Size
+	f.mu.RUnlock()
+	if n == nil {
+		return syscall.ENOENT
+	}
+	if !grow {
+		return 0
+	}
+	size := off + length
+	_, errno := f.SetAttr(ino, AttrChange{Size: &size})
+	return errno
+}
+
+// Fsync returns once every change to ino so far is committed and applied.
+// A directory's seq covers its entries, since every entry change also
+// rewrites the directory inode.
+func (f *BranchFS) Fsync(ino uint64) syscall.Errno {
+	f.mu.RLock()
+	n := f.nodes[ino]
+	var seq uint64
+	if n != nil {
+		seq = n.lastSeq
+	}
+	f.mu.RUnlock()
+	if seq == 0 {
+		return 0
+	}
+	if err := f.vol.commit.Wait(seq); err != nil {
+		slog.Error("fsync", "branch", f.name, "ino", ino, "err", err)
+		return syscall.EIO
+	}
+	return 0
+}
+
+// Sync waits for every change so far, on every file.
+func (f *BranchFS) Sync() syscall.Errno {
+	if err := f.vol.commit.Wait(f.vol.commit.Current()); err != nil {
+		return syscall.EIO
+	}
+	return 0
+}
+
+// Forget drops an unlinked inode from memory once the kernel no longer
+// references it.
+func (f *BranchFS) Forget(ino uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.nodes[ino]; n != nil && n.attr.Nlink == 0 && ino != rootIno {
+		delete(f.nodes, ino)
+	}
+}
+
+// Counts returns the number of inodes and the bytes of file data.
+func (f *BranchFS) Counts() (inodes, bytes uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, n := range f.nodes {
+		inodes++
+		bytes += n.attr.Size
+	}
+	return inodes, bytes
+}
+
+// Statfs reports the data dir's file system: that is where the log and the
+// local object store grow.
+func (f *BranchFS) Statfs() (syscall.Statfs_t, error) {
+	var st syscall.Statfs_t
+	err := syscall.Statfs(f.vol.dir, &st)
+	return st, err
+}

@@ -1,0 +1,246 @@
+package volume
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+)
+
+// Committer turns mutations into log entries (group commit). Mutations
+// land in the open batch; one goroutine proposes batches one at a time, so
+// while an entry is in flight the next batch fills up and N concurrent
+// fsyncs cost about one commit. Until a batch is applied its puts are the
+// overlay that reads consult first.
+//
+// Seqs number batches in proposal order; a batch's seq is committed once
+// its entry is committed and applied, and seqs commit in order, so
+// Wait(seq) is a barrier for everything put up to that batch.
+type Committer struct {
+	propose    func(data []byte) error
+	maxBatch   int   // bytes per entry
+	maxPending int64 // bytes held by batches not yet applied
+
+	mu       sync.Mutex
+	changed  *sync.Cond
+	open     *batch
+	queued   []*batch // closed, oldest first
+	inflight *batch
+	pending  int64  // bytes in open + queued + inflight
+	done     uint64 // highest committed seq
+	closing  bool
+	err      error // set when the log is gone for good
+	stopped  chan struct{}
+}
+
+type batch struct {
+	seq   uint64
+	puts  map[blockstore.Key]blockstore.Value
+	bytes int
+}
+
+func newBatch(seq uint64) *batch {
+	return &batch{seq: seq, puts: make(map[blockstore.Key]blockstore.Value)}
+}
+
+// ErrCommitterClosed is returned for mutations after Close.
+var ErrCommitterClosed = errors.New("volume is closing")
+
+// permanentError marks a propose failure that retrying cannot fix.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+// NewCommitter starts a committer. propose must return once data is
+// committed and applied; it is retried with backoff on error unless the
+// error is a permanentError.
+func NewCommitter(propose func([]byte) error, maxBatch int, maxPending int64) *Committer {
+	c := &Committer{propose: propose, maxBatch: maxBatch, maxPending: maxPending,
+		open: newBatch(1), stopped: make(chan struct{})}
+	c.changed = sync.NewCond(&c.mu)
+	go c.run()
+	return c
+}
+
+func putSize(e blockstore.Entry) int { return len(e.Value.Data) + 40 }
+
+// WaitRoom blocks while pending bytes are over the limit: back-pressure.
+// It is separate from Put so callers can wait before taking their own
+// locks, and then Put under them without blocking.
+func (c *Committer) WaitRoom(n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.pending > 0 && c.pending+int64(n) > c.maxPending && c.err == nil && !c.closing {
+		c.changed.Wait()
+	}
+	return c.errLocked()
+}
+
+func (c *Committer) errLocked() error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.closing {
+		return ErrCommitterClosed
+	}
+	return nil
+}
+
+// Put adds puts to the log as one atomic unit (they land in one entry) and
+// returns the seq of the batch holding them. Callers serialise Put with the
+// state changes it records, so the log order is the mutation order.
+func (c *Committer) Put(puts ...blockstore.Entry) (uint64, error) {
+	size := 0
+	for _, e := range puts {
+		size += putSize(e)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.errLocked(); err != nil {
+		return 0, err
+	}
+	if len(c.open.puts) > 0 && c.open.bytes+size > c.maxBatch {
+		c.queued = append(c.queued, c.open)
+		c.open = newBatch(c.open.seq + 1)
+	}
+	b := c.open
+	for _, e := range puts {
+		if old, ok := b.puts[e.Key]; ok {
+			d := len(old.Data) + 40
+			b.bytes -= d
+			c.pending -= int64(d)
+		}
+		b.puts[e.Key] = e.Value
+	}
+	b.bytes += size
+	c.pending += int64(size)
+	c.changed.Broadcast()
+	return b.seq, nil
+}
+
+// Lookup returns the newest not-yet-applied value of k.
+func (c *Committer) Lookup(k blockstore.Key) (blockstore.Value, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.open.puts[k]; ok {
+		return v, true
+	}
+	for i := len(c.queued) - 1; i >= 0; i-- {
+		if v, ok := c.queued[i].puts[k]; ok {
+			return v, true
+		}
+	}
+	if c.inflight != nil {
+		if v, ok := c.inflight.puts[k]; ok {
+			return v, true
+		}
+	}
+	return blockstore.Value{}, false
+}
+
+// Current is the seq of the open batch: Wait(Current()) is a barrier for
+// everything put so far.
+func (c *Committer) Current() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.open.puts) == 0 {
+		return c.open.seq - 1
+	}
+	return c.open.seq
+}
+
+// Wait returns once batch seq is committed and applied, or the error that
+// means it never will be.
+func (c *Committer) Wait(seq uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.done < seq && c.err == nil {
+		c.changed.Wait()
+	}
+	if c.done >= seq {
+		return nil
+	}
+	return c.err
+}
+
+// Stats reports pending bytes and the committed seq.
+func (c *Committer) Stats() (pending int64, done uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending, c.done
+}
+
+func (c *Committer) run() {
+	defer close(c.stopped)
+	for {
+		c.mu.Lock()
+		for len(c.queued) == 0 && len(c.open.puts) == 0 && !c.closing {
+			c.changed.Wait()
+		}
+		var b *batch
+		switch {
+		case len(c.queued) > 0:
+			b = c.queued[0]
+			c.queued = c.queued[1:]
+		case len(c.open.puts) > 0:
+			b = c.open
+			c.open = newBatch(b.seq + 1)
+		default: // closing with nothing left
+			c.mu.Unlock()
+			return
+		}
+		c.inflight = b
+		c.mu.Unlock()
+
+		data := encodePuts(time.Now().UnixNano(), b.puts, b.bytes)
+		err := c.proposeRetrying(data)
+
+		c.mu.Lock()
+		c.inflight = nil
+		c.pending -= int64(b.bytes)
+		if err != nil {
+			c.err = err
+			c.changed.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		c.done = b.seq
+		c.changed.Broadcast()
+		c.mu.Unlock()
+	}
+}
+
+// proposeRetrying retries transient failures (a full or stalled disk, a lost
+// quorum) forever: an fsync waiting on this batch must block, not fail,
+// because Postgres treats a failed fsync as data loss and PANICs.
+func (c *Committer) proposeRetrying(data []byte) error {
+	backoff := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := c.propose(data)
+		if err == nil {
+			return nil
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			slog.Error("commit failed permanently", "err", err)
+			return err
+		}
+		slog.Warn("commit failed, retrying", "attempt", attempt, "backoff", backoff, "err", err)
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// Close commits what is pending and stops the committer.
+func (c *Committer) Close() error {
+	c.mu.Lock()
+	c.closing = true
+	c.changed.Broadcast()
+	c.mu.Unlock()
+	<-c.stopped
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}

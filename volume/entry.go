@@ -1,0 +1,129 @@
+package volume
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/snapshot"
+)
+
+// Log entry encoding. Every entry starts with a format version and a type,
+// then the proposer's wall-clock time (so an LSN can be found for a time).
+const entryFormat = 1
+
+type entryType uint8
+
+const (
+	entryPuts   entryType = 1 // key versions written by a mounted branch
+	entryFreeze entryType = 2 // cut the memtable here: the next layer ends at this LSN
+	entryLayer  entryType = 3 // a layer object was uploaded; it replaces the memtable below its MaxLSN
+	entryBranch entryType = 4 // create a branch
+)
+
+type record struct {
+	Type   entryType
+	Time   int64 // unix nanoseconds at proposal
+	Puts   []blockstore.Entry
+	Layer  blockstore.LayerMeta
+	Branch snapshot.Branch
+}
+
+var errBadEntry = errors.New("malformed log entry")
+
+func appendHeader(b []byte, t entryType, now int64) []byte {
+	b = append(b, entryFormat, byte(t))
+	return binary.AppendVarint(b, now)
+}
+
+func appendValue(b []byte, v blockstore.Value) []byte {
+	b = append(b, byte(v.Kind))
+	b = binary.AppendUvarint(b, uint64(len(v.Data)))
+	return append(b, v.Data...)
+}
+
+// encodePuts encodes a batch. Order within a batch does not matter: all
+// its puts share one LSN and keys are unique.
+func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) []byte {
+	b := make([]byte, 0, sizeHint+len(puts)*32+16)
+	b = appendHeader(b, entryPuts, now)
+	b = binary.AppendUvarint(b, uint64(len(puts)))
+	for k, v := range puts {
+		b = blockstore.AppendKey(b, k)
+		b = appendValue(b, v)
+	}
+	return b
+}
+
+func encodeFreeze(now int64) []byte { return appendHeader(nil, entryFreeze, now) }
+
+func encodeJSON(t entryType, now int64, v any) ([]byte, error) {
+	j, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(appendHeader(nil, t, now), j...), nil
+}
+
+// decodeRecord decodes an entry. Values alias b: the caller passes a buffer
+// it will not reuse.
+func decodeRecord(b []byte) (record, error) {
+	var r record
+	if len(b) < 3 || b[0] != entryFormat {
+		return r, fmt.Errorf("%w: unknown format", errBadEntry)
+	}
+	r.Type = entryType(b[1])
+	t, n := binary.Varint(b[2:])
+	if n <= 0 {
+		return r, fmt.Errorf("%w: time", errBadEntry)
+	}
+	r.Time = t
+	b = b[2+n:]
+	switch r.Type {
+	case entryPuts:
+		count, n := binary.Uvarint(b)
+		if n <= 0 || count > uint64(len(b)) {
+			return r, fmt.Errorf("%w: put count", errBadEntry)
+		}
+		b = b[n:]
+		r.Puts = make([]blockstore.Entry, 0, count)
+		for range count {
+			k, rest, err := blockstore.DecodeKey(b)
+			if err != nil {
+				return r, fmt.Errorf("%w: %v", errBadEntry, err)
+			}
+			if len(rest) < 1 {
+				return r, fmt.Errorf("%w: value", errBadEntry)
+			}
+			kind := blockstore.ValueKind(rest[0])
+			if kind > blockstore.ValTombstone {
+				return r, fmt.Errorf("%w: value kind %d", errBadEntry, kind)
+			}
+			l, n := binary.Uvarint(rest[1:])
+			if n <= 0 || l > uint64(len(rest)-1-n) {
+				return r, fmt.Errorf("%w: value length", errBadEntry)
+			}
+			rest = rest[1+n:]
+			v := blockstore.Value{Kind: kind}
+			if l > 0 {
+				v.Data = rest[:l:l]
+			}
+			r.Puts = append(r.Puts, blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}})
+			b = rest[l:]
+		}
+	case entryFreeze:
+	case entryLayer:
+		if err := json.Unmarshal(b, &r.Layer); err != nil {
+			return r, fmt.Errorf("%w: layer: %v", errBadEntry, err)
+		}
+	case entryBranch:
+		if err := json.Unmarshal(b, &r.Branch); err != nil {
+			return r, fmt.Errorf("%w: branch: %v", errBadEntry, err)
+		}
+	default:
+		return r, fmt.Errorf("%w: type %d", errBadEntry, r.Type)
+	}
+	return r, nil
+}

@@ -1,0 +1,467 @@
+// Package volume ties the pieces of a neonfs volume together: the Raft log
+// (raftwal), the FSM that folds it into the block map (blockstore) and the
+// branch tree (snapshot), the committer that turns file-system changes into
+// log entries, and the flusher that moves the memtable into layer objects.
+package volume
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/raftwal"
+	"github.com/neonfs/neonfs/snapshot"
+)
+
+// Config is the volume's own description, written once by Init.
+type Config struct {
+	Format  int       `json:"format"`
+	Created time.Time `json:"created"`
+	Objects string    `json:"objects"` // object store directory, relative to the data dir unless absolute
+}
+
+const configFile = "volume.json"
+
+// Options tune an open volume.
+type Options struct {
+	CacheBytes int   // block cache
+	FlushBytes int64 // memtable size that triggers a layer flush
+	MaxBatch   int   // bytes per log entry
+	MaxPending int64 // bytes of unapplied changes before writes wait
+	// ReserveBytes of free disk are kept under the data dir: writes past it
+	// fail with ENOSPC before they are accepted, so nothing accepted is lost
+	// to a full disk.
+	ReserveBytes int64
+	// NoFlush leaves the memtable alone (for status and other inspection):
+	// no background flushes, no flush on close.
+	NoFlush bool
+}
+
+func (o *Options) defaults() {
+	if o.CacheBytes == 0 {
+		o.CacheBytes = 256 << 20
+	}
+	if o.FlushBytes == 0 {
+		o.FlushBytes = 128 << 20
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = 4 << 20
+	}
+	if o.MaxPending == 0 {
+		o.MaxPending = 64 << 20
+	}
+	if o.ReserveBytes == 0 {
+		o.ReserveBytes = 256 << 20
+	}
+}
+
+// Volume is an open volume. One process holds it at a time.
+type Volume struct {
+	dir    string
+	opts   Options
+	lock   *os.File
+	store  *blockstore.Store
+	fsm    *fsm
+	log    *raftwal.Node
+	commit *Committer
+
+	nextIno atomic.Uint64
+
+	mu      sync.Mutex
+	mounted map[string]*BranchFS
+
+	full      atomic.Bool
+	flushKick chan struct{}
+	flushErr  atomic.Pointer[string]
+	stop      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// Init creates an empty volume in dir, which must be missing or empty.
+func Init(ctx context.Context, dir string) error {
+	if err := checkEmptyDir(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	cfg := Config{Format: 1, Created: time.Now().UTC(), Objects: "objects"}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	if err := writeFileSync(filepath.Join(dir, configFile), append(b, '\n')); err != nil {
+		return fmt.Errorf("write volume config: %w", err)
+	}
+	if err := raftwal.Bootstrap(raftwal.Config{Dir: filepath.Join(dir, "raft")}); err != nil {
+		return err
+	}
+	v, err := Open(ctx, dir, Options{})
+	if err != nil {
+		return err
+	}
+	t := now()
+	root := Attr{Mode: syscall.S_IFDIR | 0o755, Nlink: 2, Atime: t, Mtime: t, Ctime: t}
+	// The root inode is shared by every branch through ancestry: write it on
+	// the root branch.
+	puts := map[blockstore.Key]blockstore.Value{
+		blockstore.InodeKey(snapshot.RootBranch, rootIno): {Data: encodeAttr(root)},
+	}
+	if _, _, err := v.log.Apply(encodePuts(t, puts, 128)); err != nil {
+		v.Close()
+		return fmt.Errorf("write root directory: %w", err)
+	}
+	if err := v.log.Snapshot(); err != nil {
+		v.Close()
+		return fmt.Errorf("snapshot new volume: %w", err)
+	}
+	return v.Close()
+}
+
+func checkEmptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("data dir %s is not empty (holds %s)", dir, ents[0].Name())
+	}
+	return nil
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ReadConfig reads dir's volume config, failing clearly when dir is not a
+// volume.
+func ReadConfig(dir string) (Config, error) {
+	var cfg Config
+	b, err := os.ReadFile(filepath.Join(dir, configFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, fmt.Errorf("%s is not a neonfs volume (no %s; run neonfs init --data %s)", dir, configFile, dir)
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("read volume config: %w", err)
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("volume config %s: %w", filepath.Join(dir, configFile), err)
+	}
+	if cfg.Format != 1 {
+		return cfg, fmt.Errorf("volume config %s: unsupported format %d", filepath.Join(dir, configFile), cfg.Format)
+	}
+	return cfg, nil
+}
+
+// ErrInUse is wrapped when another process holds the volume.
+var ErrInUse = errors.New("volume in use")
+
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		pid := strings.TrimSpace(string(b))
+		return nil, fmt.Errorf("volume %s is already open by process %s: %w", dir, pid, ErrInUse)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+// Open opens the volume in dir: replays the log and starts the committer
+// and the flusher.
+func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
+	opts.defaults()
+	cfg, err := ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	objDir := cfg.Objects
+	if !filepath.IsAbs(objDir) {
+		objDir = filepath.Join(dir, objDir)
+	}
+	objects, err := blockstore.NewDirStore(objDir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	v := &Volume{dir: dir, opts: opts, lock: lock, mounted: make(map[string]*BranchFS),
+		flushKick: make(chan struct{}, 1), stop: make(chan struct{})}
+	v.store = blockstore.NewStore(objects, opts.CacheBytes)
+	v.fsm = newFSM(v.store)
+	v.log, err = raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, v.fsm)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	v.nextIno.Store(v.fsm.inoHighWater())
+	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.MaxPending)
+	v.checkDisk()
+	v.wg.Add(1)
+	go v.diskWatcher()
+	if !opts.NoFlush {
+		v.wg.Add(1)
+		go v.flusher()
+	}
+	return v, nil
+}
+
+func (v *Volume) propose(data []byte) error {
+	_, resp, err := v.log.Apply(data)
+	if errors.Is(err, raftwal.ErrClosed) {
+		return permanentError{err}
+	}
+	if err != nil {
+		return err
+	}
+	if e, ok := resp.(error); ok {
+		return permanentError{e}
+	}
+	return nil
+}
+
+func (v *Volume) allocIno() uint64 { return v.nextIno.Add(1) }
+
+// Dir is the data directory.
+func (v *Volume) Dir() string { return v.dir }
+
+// Branches returns the branch tree.
+func (v *Volume) Branches() *snapshot.Tree { return v.fsm.treeClone() }
+
+// Mount opens branch name for reading and writing. A branch is mounted at
+// most once.
+func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
+	tree := v.fsm.treeClone()
+	b, ok := tree.ByName(name)
+	if !ok {
+		return nil, fmt.Errorf("no branch %q", name)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, busy := v.mounted[name]; busy {
+		return nil, fmt.Errorf("branch %q is already mounted", name)
+	}
+	f := &BranchFS{vol: v, branch: b.ID, name: name, lineage: tree.Lineage(b.ID, math.MaxUint64)}
+	if err := f.load(ctx); err != nil {
+		return nil, fmt.Errorf("load branch %q: %w", name, err)
+	}
+	v.mounted[name] = f
+	return f, nil
+}
+
+// Unmount waits for the branch's changes to commit and releases it.
+func (v *Volume) Unmount(f *BranchFS) error {
+	err := v.commit.Wait(v.commit.Current())
+	v.mu.Lock()
+	delete(v.mounted, f.name)
+	v.mu.Unlock()
+	return err
+}
+
+// diskFull reports whether the data dir's file system is within the
+// reserve.
+func (v *Volume) diskFull() bool { return v.full.Load() }
+
+func (v *Volume) checkDisk() {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(v.dir, &st); err != nil {
+		return
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	full := free < v.opts.ReserveBytes
+	if full != v.full.Swap(full) {
+		if full {
+			slog.Error("disk nearly full: refusing writes with ENOSPC", "dir", v.dir, "free_bytes", free, "reserve_bytes", v.opts.ReserveBytes)
+		} else {
+			slog.Info("disk space recovered: accepting writes", "dir", v.dir, "free_bytes", free)
+		}
+	}
+}
+
+func (v *Volume) diskWatcher() {
+	defer v.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+			v.checkDisk()
+		}
+	}
+}
+
+// flusher writes the memtable out as layers when it grows past FlushBytes.
+func (v *Volume) flusher() {
+	defer v.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		case <-v.flushKick:
+		}
+		if active, _ := v.store.MemBytes(); active < v.opts.FlushBytes {
+			continue
+		}
+		if err := v.Flush(context.Background()); err != nil {
+			msg := err.Error()
+			v.flushErr.Store(&msg)
+			slog.Error("flush memtable", "err", err)
+		} else {
+			v.flushErr.Store(nil)
+		}
+	}
+}
+
+// Flush writes everything applied so far to a layer, records it through
+// the log, and snapshots so the log before it can be truncated. Upload
+// failures are retried with backoff until stop.
+func (v *Volume) Flush(ctx context.Context) error {
+	_, resp, err := v.log.Apply(encodeFreeze(now()))
+	if err != nil {
+		return fmt.Errorf("freeze memtable: %w", err)
+	}
+	upTo, _ := resp.(uint64)
+	backoff := 100 * time.Millisecond
+	var meta blockstore.LayerMeta
+	var ok bool
+	for {
+		start := time.Now()
+		meta, ok, err = v.store.WriteLayer(ctx, upTo)
+		if err == nil {
+			if ok {
+				slog.Info("flushed layer", "layer", meta.Name, "bytes", meta.Size, "keys", meta.Keys, "took", time.Since(start).Round(time.Millisecond))
+			}
+			break
+		}
+		msg := err.Error()
+		v.flushErr.Store(&msg)
+		slog.Warn("write layer failed, retrying", "backoff", backoff, "err", err)
+		select {
+		case <-v.stop:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+	if !ok {
+		return nil
+	}
+	b, err := encodeJSON(entryLayer, now(), meta)
+	if err != nil {
+		return err
+	}
+	if _, _, err := v.log.Apply(b); err != nil {
+		return fmt.Errorf("record layer %s: %w", meta.Name, err)
+	}
+	if err := v.log.Snapshot(); err != nil {
+		return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
+	}
+	return nil
+}
+
+// Status describes the volume for operators.
+type Status struct {
+	Dir            string             `json:"dir"`
+	Branches       []*snapshot.Branch `json:"branches"`
+	Mounted        []string           `json:"mounted"`
+	CommittedLSN   uint64             `json:"committed_lsn"`
+	LastLogIndex   uint64             `json:"last_log_index"`
+	MemtableBytes  int64              `json:"memtable_bytes"`
+	FrozenBytes    int64              `json:"frozen_bytes"`
+	PendingBytes   int64              `json:"pending_bytes"`
+	Layers         int                `json:"layers"`
+	LayerBytes     int64              `json:"layer_bytes"`
+	ObjectBytes    int64              `json:"object_bytes"`
+	Objects        int                `json:"objects"`
+	LogBytes       int64              `json:"log_bytes"`
+	DiskFull       bool               `json:"disk_full"`
+	LastFlushError string             `json:"last_flush_error,omitempty"`
+}
+
+// Status reports the volume's state.
+func (v *Volume) Status(ctx context.Context) (Status, error) {
+	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.full.Load()}
+	v.mu.Lock()
+	for name := range v.mounted {
+		st.Mounted = append(st.Mounted, name)
+	}
+	v.mu.Unlock()
+	st.LastLogIndex, _ = v.log.Stats()
+	st.CommittedLSN = v.store.Applied()
+	st.MemtableBytes, st.FrozenBytes = v.store.MemBytes()
+	st.PendingBytes, _ = v.commit.Stats()
+	for _, l := range v.store.Layers() {
+		st.Layers++
+		st.LayerBytes += l.Size
+	}
+	objs, err := v.store.Objects().List(ctx, "")
+	if err != nil {
+		return st, fmt.Errorf("list objects: %w", err)
+	}
+	for _, o := range objs {
+		st.Objects++
+		st.ObjectBytes += o.Size
+	}
+	st.LogBytes = raftwal.LogBytes(filepath.Join(v.dir, "raft"))
+	if p := v.flushErr.Load(); p != nil {
+		st.LastFlushError = *p
+	}
+	return st, nil
+}
+
+// Close commits pending changes, flushes the memtable to a layer (so the
+// next open replays little), and releases the volume.
+func (v *Volume) Close() error {
+	cerr := v.commit.Close()
+	close(v.stop)
+	v.wg.Wait()
+	var ferr error
+	if active, frozen := v.store.MemBytes(); cerr == nil && !v.opts.NoFlush && active+frozen > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ferr = v.Flush(ctx)
+		cancel()
+	}
+	lerr := v.log.Close()
+	v.lock.Close()
+	return errors.Join(cerr, ferr, lerr)
+}
