@@ -1,0 +1,198 @@
+package volume
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+)
+
+// gate is a propose function the test releases one entry at a time.
+type gate struct {
+	mu      sync.Mutex
+	entries [][]byte
+	release chan error
+}
+
+func newGate() *gate { return &gate{release: make(chan error)} }
+
+func (g *gate) propose(data []byte) error {
+	err := <-g.release
+	if err == nil {
+		g.mu.Lock()
+		g.entries = append(g.entries, data)
+		g.mu.Unlock()
+	}
+	return err
+}
+
+func (g *gate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.entries)
+}
+
+func blockPut(ino, b uint64, fill byte) blockstore.Entry {
+	return blockstore.Entry{Key: blockstore.BlockKey(1, ino, b),
+		Version: blockstore.Version{Value: blockstore.BlockValue(bytes.Repeat([]byte{fill}, bs))}}
+}
+
+func TestCommitterGroupCommit(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	defer func() { go func() { g.release <- nil }(); c.Close() }()
+
+	first, _ := c.Put(blockPut(1, 0, 1))
+	// While the first entry is in flight, 50 writers put and wait: they must
+	// share one entry, not take 50 round trips.
+	time.Sleep(10 * time.Millisecond)
+	var wg sync.WaitGroup
+	var seqs sync.Map
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seq, err := c.Put(blockPut(2, uint64(i), 2))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			seqs.Store(seq, true)
+			if err := c.Wait(seq); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, func() bool { p, _ := c.Stats(); return p >= 51*(bs+40) })
+	g.release <- nil // first entry
+	g.release <- nil // the group
+	wg.Wait()
+	if err := c.Wait(first); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	seqs.Range(func(_, _ any) bool { n++; return true })
+	if n != 1 || g.count() != 2 {
+		t.Fatalf("50 concurrent writers used %d batches and %d entries; want 1 batch, 2 entries in all", n, g.count())
+	}
+	rec, err := decodeRecord(g.entries[1])
+	if err != nil || len(rec.Puts) != 50 {
+		t.Fatalf("group entry holds %d puts (err %v), want 50", len(rec.Puts), err)
+	}
+}
+
+func TestCommitterBarrierAndOverlay(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	defer c.Close()
+	seq, _ := c.Put(blockPut(1, 0, 7))
+	var done atomic.Bool
+	go func() { c.Wait(seq); done.Store(true) }()
+	time.Sleep(20 * time.Millisecond)
+	if done.Load() {
+		t.Fatal("Wait returned before the entry was committed")
+	}
+	if v, ok := c.Lookup(blockstore.BlockKey(1, 1, 0)); !ok || v.Data[0] != 7 {
+		t.Fatal("uncommitted write not visible in the overlay")
+	}
+	g.release <- nil
+	waitFor(t, done.Load)
+	if _, ok := c.Lookup(blockstore.BlockKey(1, 1, 0)); ok {
+		t.Fatal("applied write still in the overlay")
+	}
+}
+
+func TestCommitterCoalescesRewrites(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	defer c.Close()
+	c.Put(blockPut(1, 0, 1)) // in flight
+	time.Sleep(10 * time.Millisecond)
+	for i := range 10 {
+		c.Put(blockPut(1, 1, byte(i)))
+	}
+	seq := c.Current()
+	go func() { g.release <- nil; g.release <- nil }()
+	if err := c.Wait(seq); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := decodeRecord(g.entries[1])
+	if len(rec.Puts) != 1 || rec.Puts[0].Value.Data[0] != 9 {
+		t.Fatalf("10 rewrites of one block gave %d puts", len(rec.Puts))
+	}
+	if p, _ := c.Stats(); p != 0 {
+		t.Fatalf("pending bytes %d after everything committed", p)
+	}
+}
+
+func TestCommitterBackPressure(t *testing.T) {
+	g := newGate()
+	limit := int64(4 * (bs + 40))
+	c := NewCommitter(g.propose, 1<<20, limit)
+	defer func() { go func() { for range 10 { g.release <- nil } }(); c.Close() }()
+	for i := range 4 {
+		if err := c.WaitRoom(bs); err != nil {
+			t.Fatal(err)
+		}
+		c.Put(blockPut(1, uint64(i), 1))
+	}
+	var through atomic.Bool
+	go func() { c.WaitRoom(bs); through.Store(true) }()
+	time.Sleep(20 * time.Millisecond)
+	if through.Load() {
+		t.Fatal("a writer got room while pending bytes were at the limit")
+	}
+	g.release <- nil
+	waitFor(t, through.Load)
+}
+
+func TestCommitterRetriesTransientErrors(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 1<<20, 1<<30)
+	defer c.Close()
+	seq, _ := c.Put(blockPut(1, 0, 1))
+	var done atomic.Bool
+	go func() {
+		if err := c.Wait(seq); err != nil {
+			t.Error(err)
+		}
+		done.Store(true)
+	}()
+	g.release <- errors.New("disk stalled")
+	g.release <- errors.New("disk stalled")
+	time.Sleep(20 * time.Millisecond)
+	if done.Load() {
+		t.Fatal("fsync returned while the entry was failing")
+	}
+	g.release <- nil
+	waitFor(t, done.Load)
+}
+
+func TestCommitterPermanentError(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 1<<20, 1<<30)
+	seq, _ := c.Put(blockPut(1, 0, 1))
+	g.release <- permanentError{errors.New("log closed")}
+	if err := c.Wait(seq); err == nil {
+		t.Fatal("Wait succeeded for an entry that was never committed")
+	}
+	if _, err := c.Put(blockPut(1, 1, 1)); err == nil {
+		t.Fatal("Put accepted after a permanent failure")
+	}
+	c.Close()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
