@@ -133,7 +133,14 @@ func TestCommitterBackPressure(t *testing.T) {
 	g := newGate()
 	limit := int64(4 * (bs + 40))
 	c := NewCommitter(g.propose, 1<<20, limit)
-	defer func() { go func() { for range 10 { g.release <- nil } }(); c.Close() }()
+	defer func() {
+		go func() {
+			for range 10 {
+				g.release <- nil
+			}
+		}()
+		c.Close()
+	}()
 	for i := range 4 {
 		if err := c.WaitRoom(bs); err != nil {
 			t.Fatal(err)
