@@ -217,7 +217,8 @@ func TestStoreCorruptLayer(t *testing.T) {
 	}
 
 	os.Remove(path)
-	missing := NewStore(s.Objects(), 1<<20)
+	ds, _ := NewDirStore(s.Objects().(*DirStore).Dir()) // no cached handle
+	missing := NewStore(ds, 1<<20)
 	missing.AddLayer(meta)
 	_, _, err = missing.Get(context.Background(), k, []ReadPoint{{Branch: 1, MaxLSN: 10}})
 	if !errors.Is(err, ErrNotFound) {

@@ -226,6 +226,12 @@ func printStatus(st volume.Status) {
 	fmt.Fprintf(w, "layers\t%d (%s)\n", st.Layers, human(st.LayerBytes))
 	fmt.Fprintf(w, "object store\t%d objects, %s\n", st.Objects, human(st.ObjectBytes))
 	fmt.Fprintf(w, "raft log\t%s\n", human(st.LogBytes))
+	if c := st.Commits; c.Entries > 0 {
+		fmt.Fprintf(w, "commits\t%d entries, %s, %.2f ms avg, %d retries\n", c.Entries, human(int64(c.Bytes)), 1000*c.Seconds/float64(c.Entries), c.Retries)
+	}
+	if st.Commits.LastError != "" {
+		fmt.Fprintf(w, "last commit error\t%s\n", st.Commits.LastError)
+	}
 	if st.DiskFull {
 		fmt.Fprintf(w, "disk\tFULL: writes refused with ENOSPC\n")
 	}

@@ -216,7 +216,8 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 }
 
 func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
-	return n.bfs.Fsync(n.ino())
+	const fdatasync = 1 // FUSE_FSYNC_FDATASYNC
+	return n.bfs.Fsync(n.ino(), flags&fdatasync != 0)
 }
 
 // Flush (close) does not wait for the log: durability is fsync's job.

@@ -40,6 +40,11 @@ type node struct {
 	attr     Attr
 	children map[string]uint64 // directories only
 	lastSeq  uint64            // batch holding the last change, for fsync
+	// dataSeq is the batch holding the last change fdatasync must wait
+	// for: everything but timestamp, mode and owner changes. With writeback
+	// caching the kernel sends the mtime as its own SETATTR right before
+	// each fsync; a WAL fdatasync should not wait for that.
+	dataSeq uint64
 }
 
 // DirEntry is one name in a directory.
@@ -134,6 +139,7 @@ func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.
 	}
 	for _, n := range touched {
 		n.lastSeq = seq
+		n.dataSeq = seq
 	}
 	return 0
 }
@@ -455,7 +461,12 @@ func (f *BranchFS) SetAttr(ino uint64, c AttrChange) (Attr, syscall.Errno) {
 	}
 	n.attr.Ctime = t
 	puts = append(puts, f.inodePut(ino, n))
-	return n.attr, f.logLocked([]*node{n}, puts...)
+	dataSeq := n.dataSeq
+	errno := f.logLocked([]*node{n}, puts...)
+	if c.Size == nil {
+		n.dataSeq = dataSeq
+	}
+	return n.attr, errno
 }
 
 // resizeLocked sets the size and returns the block puts that make it true.
@@ -631,15 +642,19 @@ func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall
 	return errno
 }
 
-// Fsync returns once every change to ino so far is committed and applied.
-// A directory's seq covers its entries, since every entry change also
+// Fsync returns once every change to ino so far is committed and applied
+// (with datasync, every change but timestamps, mode and owner). A
+// directory's seq covers its entries, since every entry change also
 // rewrites the directory inode.
-func (f *BranchFS) Fsync(ino uint64) syscall.Errno {
+func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 	f.mu.RLock()
 	n := f.nodes[ino]
 	var seq uint64
 	if n != nil {
 		seq = n.lastSeq
+		if datasync {
+			seq = n.dataSeq
+		}
 	}
 	f.mu.RUnlock()
 	if seq == 0 {

@@ -33,6 +33,18 @@ type Committer struct {
 	closing  bool
 	err      error // set when the log is gone for good
 	stopped  chan struct{}
+	stats    CommitStats
+}
+
+// CommitStats counts the committer's work since open.
+type CommitStats struct {
+	Entries     uint64  `json:"entries"`
+	Bytes       uint64  `json:"bytes"`
+	Puts        uint64  `json:"puts"`
+	Seconds     float64 `json:"seconds"` // time spent committing
+	Retries     uint64  `json:"retries"`
+	LastError   string  `json:"last_error,omitempty"`
+	PendingByte int64   `json:"pending_bytes"`
 }
 
 type batch struct {
@@ -165,6 +177,15 @@ func (c *Committer) Wait(seq uint64) error {
 	return c.err
 }
 
+// CommitStats returns the counters.
+func (c *Committer) CommitStats() CommitStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.stats
+	st.PendingByte = c.pending
+	return st
+}
+
 // Stats reports pending bytes and the committed seq.
 func (c *Committer) Stats() (pending int64, done uint64) {
 	c.mu.Lock()
@@ -195,9 +216,14 @@ func (c *Committer) run() {
 		c.mu.Unlock()
 
 		data := encodePuts(time.Now().UnixNano(), b.puts, b.bytes)
+		start := time.Now()
 		err := c.proposeRetrying(data)
 
 		c.mu.Lock()
+		c.stats.Entries++
+		c.stats.Bytes += uint64(len(data))
+		c.stats.Puts += uint64(len(b.puts))
+		c.stats.Seconds += time.Since(start).Seconds()
 		c.inflight = nil
 		c.pending -= int64(b.bytes)
 		if err != nil {
@@ -228,6 +254,10 @@ func (c *Committer) proposeRetrying(data []byte) error {
 			return err
 		}
 		slog.Warn("commit failed, retrying", "attempt", attempt, "backoff", backoff, "err", err)
+		c.mu.Lock()
+		c.stats.Retries++
+		c.stats.LastError = err.Error()
+		c.mu.Unlock()
 		time.Sleep(backoff)
 		backoff = min(backoff*2, 2*time.Second)
 	}

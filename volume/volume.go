@@ -415,6 +415,7 @@ type Status struct {
 	Objects        int                `json:"objects"`
 	LogBytes       int64              `json:"log_bytes"`
 	DiskFull       bool               `json:"disk_full"`
+	Commits        CommitStats        `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 }
 
@@ -430,6 +431,7 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	st.CommittedLSN = v.store.Applied()
 	st.MemtableBytes, st.FrozenBytes = v.store.MemBytes()
 	st.PendingBytes, _ = v.commit.Stats()
+	st.Commits = v.commit.CommitStats()
 	for _, l := range v.store.Layers() {
 		st.Layers++
 		st.LayerBytes += l.Size

@@ -113,8 +113,8 @@ func TestVolumeDurability(t *testing.T) {
 			d, _, errno := f.Create(rootIno, "dir", syscall.S_IFDIR|0o700, 0, 0, 0, "")
 			must(t, errno)
 			must(t, f.Rename(rootIno, "data", d, "renamed", 0))
-			must(t, f.Fsync(ino))
-			must(t, f.Fsync(rootIno))
+			must(t, f.Fsync(ino, false))
+			must(t, f.Fsync(rootIno, false))
 			if !bytes.Equal(readAll(t, f, ino), model) {
 				t.Fatal("content differs before reopen")
 			}
