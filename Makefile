@@ -1,0 +1,33 @@
+# neonfs: build, test and demo targets. See README.md.
+
+GO      ?= go
+BIN     ?= ./neonfs
+
+.PHONY: all build test test-short deps demo demo-stop bench
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) .
+
+# Everything, end-to-end tests included (they need root and /dev/fuse).
+test:
+	$(GO) vet ./... && $(GO) test ./... -count=1 -timeout 30m
+
+# Unit tests only: the end-to-end tests skip themselves with -short.
+test-short:
+	$(GO) vet ./... && $(GO) test ./... -count=1 -short
+
+deps:
+	scripts/deps.sh
+
+# Mount a volume at /mnt/neonfs and run Postgres on it.
+demo: deps build
+	scripts/demo.sh start $(BIN)
+
+demo-stop:
+	scripts/demo.sh stop $(BIN)
+
+# pgbench on native ext4 and on neonfs, with the ratio.
+bench: deps
+	bench/pgbench.sh

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what neonfs's demo, tests and CI need, with apt-get, only if it is
+# missing: fuse3, fio, stress-ng, Postgres 15 (Debian 12's `postgresql`) and
+# make. Runs `apt-get update` only when something has to be installed.
+set -euo pipefail
+
+missing=()
+have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
+
+# Package name, then a command that shows it is already there.
+check() {
+	local pkg=$1 probe=$2
+	if ! have_pkg "$pkg" && ! command -v "$probe" >/dev/null 2>&1 && [ ! -x "$probe" ]; then
+		missing+=("$pkg")
+	fi
+}
+
+check fuse3 fusermount3
+check fio fio
+check stress-ng stress-ng
+check make make
+# Postgres 15 from Debian 12, with pgbench and pg_amcheck (both are in
+# postgresql-15; `postgresql` depends on it).
+pgbin=/usr/lib/postgresql/15/bin
+if ! { [ -x $pgbin/postgres ] && [ -x $pgbin/pgbench ] && [ -x $pgbin/pg_amcheck ] && id postgres >/dev/null 2>&1; }; then
+	missing+=(postgresql)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "deps: all present (fuse3 fio stress-ng make postgresql)"
+	exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: missing ${missing[*]}; run as root to install them" >&2
+	exit 1
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
