@@ -158,6 +158,8 @@ type neonfsTarget struct {
 	mountTimeout time.Duration
 	stopTimeout  time.Duration
 
+	extra []string // more mount flags, for tests that tune the daemon
+
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once cmd has exited
 	waitErr error
@@ -270,6 +272,7 @@ func (n *neonfsTarget) start(t *testing.T) {
 	if b := os.Getenv("NEONFS_BRANCH"); b != "" {
 		args = append(args, "--branch", b)
 	}
+	args = append(args, n.extra...)
 	args = append(args, n.mnt)
 	cmd := exec.Command(n.bin, args...)
 	cmd.Stdout = w

@@ -149,7 +149,7 @@ func (f *BranchFS) begin(bytes int) syscall.Errno {
 	if f.readOnly {
 		return syscall.EROFS
 	}
-	if f.vol.diskFull() {
+	if !f.vol.admit(bytes) {
 		return syscall.ENOSPC
 	}
 	if err := f.vol.commit.WaitRoom(bytes); err != nil {

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -238,11 +239,16 @@ func (c *Committer) run() {
 	}
 }
 
+// shutdownRetry bounds how long Close keeps retrying a failing commit.
+const shutdownRetry = 30 * time.Second
+
 // proposeRetrying retries transient failures (a full or stalled disk, a lost
-// quorum) forever: an fsync waiting on this batch must block, not fail,
-// because Postgres treats a failed fsync as data loss and PANICs.
+// quorum): an fsync waiting on this batch must block, not fail, because
+// Postgres treats a failed fsync as data loss and PANICs. Only when closing
+// does it give up, after shutdownRetry: what is left was never fsynced.
 func (c *Committer) proposeRetrying(data []byte) error {
 	backoff := 10 * time.Millisecond
+	var closingSince time.Time
 	for attempt := 1; ; attempt++ {
 		err := c.propose(data)
 		if err == nil {
@@ -257,7 +263,15 @@ func (c *Committer) proposeRetrying(data []byte) error {
 		c.mu.Lock()
 		c.stats.Retries++
 		c.stats.LastError = err.Error()
+		closing, pending := c.closing, c.pending
 		c.mu.Unlock()
+		if closing {
+			if closingSince.IsZero() {
+				closingSince = time.Now()
+			} else if time.Since(closingSince) > shutdownRetry {
+				return permanentError{fmt.Errorf("shutting down: %d bytes of writes that were never fsynced could not be committed: %w", pending, err)}
+			}
+		}
 		time.Sleep(backoff)
 		backoff = min(backoff*2, 2*time.Second)
 	}
