@@ -55,11 +55,14 @@ type walStore struct {
 	meta *metadb.BoltMetaDB
 }
 
-// sizedCodec is raft-wal's binary codec (same ID, same bytes) that sizes
+// sizedCodec is raft-wal's binary codec (same bytes) that sizes
 // the encode buffer up front: the default lets a fresh bytes.Buffer double
 // its way up to each multi-MiB group-commit entry, which cost a quarter of
 // the daemon's CPU under pgbench.
+// It needs its own ID: raft-wal reserves IDs below FirstExternalCodecID.
 type sizedCodec struct{ wal.BinaryCodec }
+
+func (c *sizedCodec) ID() uint64 { return wal.FirstExternalCodecID + 0x4e46 }
 
 func (c *sizedCodec) Encode(l *raft.Log, w io.Writer) error {
 	if b, ok := w.(*bytes.Buffer); ok {
