@@ -5,7 +5,6 @@
 package raftwal
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,25 +54,9 @@ type walStore struct {
 	meta *metadb.BoltMetaDB
 }
 
-// sizedCodec is raft-wal's binary codec (same bytes) that sizes
-// the encode buffer up front: the default lets a fresh bytes.Buffer double
-// its way up to each multi-MiB group-commit entry, which cost a quarter of
-// the daemon's CPU under pgbench.
-// It needs its own ID: raft-wal reserves IDs below FirstExternalCodecID.
-type sizedCodec struct{ wal.BinaryCodec }
-
-func (c *sizedCodec) ID() uint64 { return wal.FirstExternalCodecID + 0x4e46 }
-
-func (c *sizedCodec) Encode(l *raft.Log, w io.Writer) error {
-	if b, ok := w.(*bytes.Buffer); ok {
-		b.Grow(len(l.Data) + len(l.Extensions) + 64)
-	}
-	return c.BinaryCodec.Encode(l, w)
-}
-
 func openWAL(dir string) (*walStore, error) {
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta), wal.WithCodec(&sizedCodec{}))
+	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)
