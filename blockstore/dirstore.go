@@ -12,6 +12,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DirStore is an ObjectStore in a local directory, for single-machine
@@ -187,7 +190,7 @@ func dirStoreWriteFile(parent, path string, data []byte) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
+	if err = writeSmoothly(f, data); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {
@@ -432,4 +435,25 @@ func (s *DirStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error
 	// ("a-b" < "a/x" but the walk visits a/ first).
 	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// writeSmoothly writes data in chunks, starting writeback of each chunk as
+// it goes and pausing briefly between chunks. A layer is 100+ MiB; written
+// at once and fsynced, it would monopolise the disk for a fraction of a
+// second, and every Raft commit (a Postgres fsync waiting) would queue
+// behind it. Spread out, the final fsync has little left to do.
+func writeSmoothly(f *os.File, data []byte) error {
+	const chunk = 2 << 20
+	for off := 0; off < len(data); off += chunk {
+		end := min(off+chunk, len(data))
+		if _, err := f.Write(data[off:end]); err != nil {
+			return err
+		}
+		if len(data) > chunk {
+			// Start writeback now; it is only a hint, so errors are left to Sync.
+			unix.SyncFileRange(int(f.Fd()), int64(off), int64(end-off), unix.SYNC_FILE_RANGE_WRITE)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	return nil
 }

@@ -80,6 +80,9 @@ type LayerMeta struct {
 	MinLSN, MaxLSN uint64
 	Size           int64
 	Keys           int
+	// BranchBytes is how many of the layer's bytes hold each branch's
+	// versions: what a branch alone costs.
+	BranchBytes map[uint32]int64 `json:",omitempty"`
 }
 
 // checkLayerKey rejects keys that would not survive AppendKey/DecodeKey
@@ -624,6 +627,26 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 	}
 	// decodeRecord checked the oldest LSN against the index's minLSN.
 	return Version{}, false, errors.New("unreachable: no version below the index's minimum LSN")
+}
+
+// Keys calls fn, in key order, for each key in [from, to) that may have a
+// version in (lo, hi]. It reads only the index, so it may report a key
+// whose versions all fall outside the range (they straddle it).
+func (l *Layer) Keys(from, to Key, lo, hi uint64, fn func(Key) error) error {
+	if l.meta.MaxLSN <= lo || l.meta.MinLSN >= hi || from.Compare(to) >= 0 {
+		return nil
+	}
+	end := l.search(to)
+	for i := l.search(from); i < end; i++ {
+		e := l.entry(i)
+		if e.minLSN > hi {
+			continue
+		}
+		if err := fn(e.key.key()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Scan calls fn for every version of every key in [from, to) (to

@@ -11,6 +11,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -179,7 +180,7 @@ func TestLayerRoundTrip(t *testing.T) {
 						keys++
 					}
 				}
-				if m := l.Meta(); m != (LayerMeta{Name: "layers/10-1000", MinLSN: 10, MaxLSN: 1000, Size: int64(len(b)), Keys: keys}) {
+				if m := l.Meta(); !reflect.DeepEqual(m, LayerMeta{Name: "layers/10-1000", MinLSN: 10, MaxLSN: 1000, Size: int64(len(b)), Keys: keys}) {
 					t.Fatalf("Meta = %+v", m)
 				}
 				// Twice: the second pass reads from the cache.

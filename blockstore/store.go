@@ -151,12 +151,97 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)
 	}
 	keys := 0
+	perBranch := make(map[uint32]int64)
 	for i, e := range entries {
 		if i == 0 || e.Key != entries[i-1].Key {
 			keys++
 		}
+		perBranch[e.Key.Branch] += int64(e.Value.Size()) + versionOverhead
 	}
-	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: keys}, true, nil
+	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: keys,
+		BranchBytes: perBranch}, true, nil
+}
+
+// versionOverhead approximates the bytes a version costs beyond its value
+// (key, LSN, framing), for per-branch accounting.
+const versionOverhead = 32
+
+// BranchBytes reports the bytes of versions each branch wrote, in layers
+// and in the memtable: what deleting the branch would free (before
+// ancestry is considered), and what it costs beyond its parent.
+func (s *Store) BranchBytes() map[uint32]int64 {
+	segs, layers := s.view()
+	out := make(map[uint32]int64)
+	for _, r := range layers {
+		for b, n := range r.meta.BranchBytes {
+			out[b] += n
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, sg := range segs {
+		for k, vs := range sg.keys {
+			for _, v := range vs {
+				out[k.Branch] += int64(v.Value.Size()) + versionOverhead
+			}
+		}
+	}
+	return out
+}
+
+// KeysWritten calls fn once for each key of branch in [from, to) that may
+// have a version with LSN in (lo, hi]: the candidates for a diff. Keys are
+// reported with Branch 0; a key whose versions straddle the range may be
+// reported too. It reads layer indexes, never data.
+func (s *Store) KeysWritten(ctx context.Context, branch uint32, from, to Key, lo, hi uint64, fn func(Key) error) error {
+	from.Branch, to.Branch = branch, branch
+	segs, layers := s.view()
+	seen := make(map[Key]bool)
+	report := func(k Key) error {
+		k.Branch = 0
+		if seen[k] {
+			return nil
+		}
+		seen[k] = true
+		return fn(k)
+	}
+	s.mu.RLock()
+	var mem []Key
+	for _, sg := range segs {
+		if sg.maxLSN <= lo || sg.minLSN >= hi {
+			continue
+		}
+		for k, vs := range sg.keys {
+			if k.Compare(from) < 0 || k.Compare(to) >= 0 {
+				continue
+			}
+			for _, v := range vs {
+				if v.LSN > lo && v.LSN <= hi {
+					mem = append(mem, k)
+					break
+				}
+			}
+		}
+	}
+	s.mu.RUnlock()
+	for _, k := range mem {
+		if err := report(k); err != nil {
+			return err
+		}
+	}
+	for _, r := range layers {
+		if r.meta.MaxLSN <= lo || r.meta.MinLSN >= hi {
+			continue
+		}
+		l, err := s.open(ctx, r)
+		if err != nil {
+			return fmt.Errorf("scan branch %d: %w", branch, err)
+		}
+		if err := l.Keys(from, to, lo, hi, report); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // AddLayer makes a written layer part of the store and drops the memtable

@@ -84,6 +84,27 @@ func (t *Tree) Lineage(id uint32, at uint64) []blockstore.ReadPoint {
 	return out
 }
 
+// Children returns the branches whose parent is id, by ID.
+func (t *Tree) Children(id uint32) []*Branch {
+	var out []*Branch
+	for _, b := range t.List() {
+		if b.Parent == id {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// IsAncestor reports whether anc is id or one of its ancestors.
+func (t *Tree) IsAncestor(anc, id uint32) bool {
+	for b := t.Branches[id]; b != nil; b = t.Branches[b.Parent] {
+		if b.ID == anc {
+			return true
+		}
+	}
+	return false
+}
+
 // Clone returns a deep copy.
 func (t *Tree) Clone() *Tree {
 	c := &Tree{Branches: make(map[uint32]*Branch, len(t.Branches)), NextID: t.NextID}

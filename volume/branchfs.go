@@ -29,6 +29,9 @@ type BranchFS struct {
 	name     string
 	lineage  []blockstore.ReadPoint
 	readOnly bool
+	at       uint64 // the LSN of a time-travel mount; 0 when live
+
+	mountpoint string // where the daemon serves it, for listings
 
 	// mu orders mutations: a change and the Put that logs it happen under
 	// it, so the log order is the order the file system saw.
@@ -111,6 +114,23 @@ func (f *BranchFS) load(ctx context.Context) error {
 
 // Name is the branch's name.
 func (f *BranchFS) Name() string { return f.name }
+
+// SetMountpoint records where the branch is served.
+func (f *BranchFS) SetMountpoint(m string) {
+	f.vol.mu.Lock()
+	f.mountpoint = m
+	f.vol.mu.Unlock()
+}
+
+// where describes the mount for error messages.
+func (f *BranchFS) where() string {
+	f.vol.mu.Lock()
+	defer f.vol.mu.Unlock()
+	if f.mountpoint == "" {
+		return ""
+	}
+	return " at " + f.mountpoint
+}
 
 // ReadOnly reports whether writes return EROFS.
 func (f *BranchFS) ReadOnly() bool { return f.readOnly }
@@ -514,8 +534,12 @@ func (f *BranchFS) readBlock(ino, b uint64) ([]byte, syscall.Errno) {
 
 func (f *BranchFS) lookupBlock(ino, b uint64) (blockstore.Value, bool, syscall.Errno) {
 	k := blockstore.BlockKey(f.branch, ino, b)
-	if v, ok := f.vol.commit.Lookup(k); ok {
-		return v, true, 0
+	if f.at == 0 {
+		// Live: the newest writes may not be applied yet. A time-travel
+		// view must not see them.
+		if v, ok := f.vol.commit.Lookup(k); ok {
+			return v, true, 0
+		}
 	}
 	ver, ok, err := f.vol.store.Get(context.Background(), k, f.lineage)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/snapshot"
 )
 
 // Log entry encoding. Every entry starts with a format version and a type,
@@ -20,7 +19,38 @@ const (
 	entryPuts   entryType = 1 // key versions written by a mounted branch
 	entryFreeze entryType = 2 // cut the memtable here: the next layer ends at this LSN
 	entryLayer  entryType = 3 // a layer object was uploaded; it replaces the memtable below its MaxLSN
-	entryBranch entryType = 4 // create a branch
+	entryBranch entryType = 4 // create, delete or replace a branch (branchOp)
+)
+
+// branchOp changes the branch tree. It is one log entry whatever the size
+// of the data behind the branch: a branch is a pointer into history.
+type branchOp struct {
+	Op     string `json:"op"` // opCreate, opDelete, opReplace
+	Name   string `json:"name"`
+	Parent uint32 `json:"parent,omitempty"`
+	// At is the fork LSN; 0 means the LSN just before this entry, so
+	// "branch now" is exact without a race against concurrent commits.
+	At uint64 `json:"at,omitempty"`
+	// Remove lists entries to delete on the new branch: a stale
+	// postmaster.pid would stop Postgres from starting on it.
+	Remove []direntRef `json:"remove,omitempty"`
+	// For opReplace: the branch now called Name is renamed OldName (or
+	// deleted when OldName is empty), and a new Name is created.
+	OldName string `json:"old_name,omitempty"`
+	// ParentIsOld makes the replaced branch the new one's parent
+	// (restore to a point of its own history).
+	ParentIsOld bool `json:"parent_is_old,omitempty"`
+}
+
+type direntRef struct {
+	Dir  uint64 `json:"dir"`
+	Name string `json:"name"`
+}
+
+const (
+	opCreate  = "create"
+	opDelete  = "delete"
+	opReplace = "replace"
 )
 
 type record struct {
@@ -28,7 +58,7 @@ type record struct {
 	Time   int64 // unix nanoseconds at proposal
 	Puts   []blockstore.Entry
 	Layer  blockstore.LayerMeta
-	Branch snapshot.Branch
+	Branch branchOp
 }
 
 var errBadEntry = errors.New("malformed log entry")

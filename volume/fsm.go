@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,13 +20,15 @@ import (
 type fsm struct {
 	store *blockstore.Store
 
-	mu     sync.Mutex
-	tree   *snapshot.Tree
-	maxIno uint64
+	mu       sync.Mutex
+	tree     *snapshot.Tree
+	timeline *snapshot.Timeline
+	maxIno   uint64
 }
 
 func newFSM(store *blockstore.Store) *fsm {
-	return &fsm{store: store, tree: snapshot.NewTree(time.Now().UTC()), maxIno: rootIno}
+	return &fsm{store: store, tree: snapshot.NewTree(time.Now().UTC()), maxIno: rootIno,
+		timeline: &snapshot.Timeline{}}
 }
 
 // Apply returns nil or an error; the proposer sees it as the response.
@@ -34,12 +36,17 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	// The log store may reuse l.Data; the memtable keeps values, so copy once.
-	rec, err := decodeRecord(slices.Clone(l.Data))
+	// The memtable keeps values aliasing l.Data. That is safe without a copy:
+	// on the leader l.Data is the proposer's buffer, never reused after
+	// Apply, and raft-wal's decoder allocates a fresh one for every read.
+	rec, err := decodeRecord(l.Data)
 	if err != nil {
 		slog.Error("apply log entry", "lsn", l.Index, "err", err)
 		return fmt.Errorf("apply entry %d: %w", l.Index, err)
 	}
+	f.mu.Lock()
+	f.timeline.Add(l.Index, rec.Time)
+	f.mu.Unlock()
 	switch rec.Type {
 	case entryPuts:
 		var hi uint64
@@ -58,24 +65,134 @@ func (f *fsm) Apply(l *raft.Log) any {
 	case entryLayer:
 		f.store.AddLayer(rec.Layer)
 	case entryBranch:
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		b := rec.Branch
-		if _, dup := f.tree.ByName(b.Name); dup {
-			return fmt.Errorf("branch %q already exists", b.Name)
-		}
-		b.ID = f.tree.NextID
-		f.tree.NextID++
-		f.tree.Branches[b.ID] = &b
-		return b.ID
+		return f.applyBranch(l.Index, rec.Time, rec.Branch)
 	}
 	return nil
+}
+
+// applyBranch changes the tree. The proposer checked the op against the
+// tree it saw; the checks repeat here because another op may have applied
+// in between, and the FSM is the only place that decides. A refused op
+// returns an error and changes nothing.
+func (f *fsm) applyBranch(lsn uint64, t int64, op branchOp) any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tree := f.tree
+	switch op.Op {
+	case opCreate:
+		id, err := f.createLocked(lsn, t, op, op.Parent)
+		if err != nil {
+			return err
+		}
+		return id
+	case opDelete:
+		b, ok := tree.ByName(op.Name)
+		if !ok {
+			return fmt.Errorf("no branch %q", op.Name)
+		}
+		if err := deletable(tree, b); err != nil {
+			return err
+		}
+		delete(tree.Branches, b.ID)
+		return b.ID
+	case opReplace:
+		old, ok := tree.ByName(op.Name)
+		if !ok {
+			return fmt.Errorf("no branch %q", op.Name)
+		}
+		parent := old.Parent
+		if op.ParentIsOld {
+			parent = old.ID
+		}
+		if parent == 0 {
+			return fmt.Errorf("branch %q has no parent to reset to", op.Name)
+		}
+		if op.OldName == "" && !op.ParentIsOld {
+			if err := deletable(tree, old); err != nil {
+				return err
+			}
+		} else if op.OldName != "" {
+			if _, dup := tree.ByName(op.OldName); dup {
+				return fmt.Errorf("branch %q already exists", op.OldName)
+			}
+		}
+		// Take the name first so the new branch can have it.
+		saved := *old
+		old.Name = op.OldName
+		if op.OldName == "" {
+			old.Name = fmt.Sprintf(".replaced-%d", old.ID)
+		}
+		id, err := f.createLocked(lsn, t, op, parent)
+		if err != nil {
+			*old = saved
+			return err
+		}
+		if op.OldName == "" && !op.ParentIsOld {
+			delete(tree.Branches, old.ID)
+		}
+		return id
+	}
+	return fmt.Errorf("unknown branch op %q", op.Op)
+}
+
+func deletable(tree *snapshot.Tree, b *snapshot.Branch) error {
+	if b.Parent == 0 {
+		return fmt.Errorf("branch %q is the root of the volume and cannot be deleted", b.Name)
+	}
+	if kids := tree.Children(b.ID); len(kids) > 0 {
+		names := make([]string, len(kids))
+		for i, k := range kids {
+			names[i] = k.Name
+		}
+		return fmt.Errorf("branch %q has child branches (%s): delete them first", b.Name, strings.Join(names, ", "))
+	}
+	return nil
+}
+
+func (f *fsm) createLocked(lsn uint64, t int64, op branchOp, parent uint32) (uint32, error) {
+	tree := f.tree
+	if _, dup := tree.ByName(op.Name); dup {
+		return 0, fmt.Errorf("branch %q already exists", op.Name)
+	}
+	p := tree.Branches[parent]
+	if p == nil {
+		return 0, fmt.Errorf("parent branch %d does not exist", parent)
+	}
+	at := op.At
+	if at == 0 {
+		at = lsn - 1
+	}
+	if at >= lsn {
+		return 0, fmt.Errorf("fork point %d is not committed yet", at)
+	}
+	if p.Parent != 0 && at < p.ForkLSN {
+		return 0, fmt.Errorf("LSN %d is before branch %q's fork point (LSN %d)", at, p.Name, p.ForkLSN)
+	}
+	b := &snapshot.Branch{ID: tree.NextID, Name: op.Name, Parent: parent, ForkLSN: at,
+		Created: time.Unix(0, t).UTC()}
+	tree.NextID++
+	tree.Branches[b.ID] = b
+	if len(op.Remove) > 0 {
+		puts := make([]blockstore.Entry, len(op.Remove))
+		for i, r := range op.Remove {
+			puts[i] = blockstore.Entry{Key: blockstore.DirentKey(b.ID, r.Dir, r.Name),
+				Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone}}}
+		}
+		f.store.Apply(lsn, puts)
+	}
+	return b.ID, nil
 }
 
 func (f *fsm) treeClone() *snapshot.Tree {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.tree.Clone()
+}
+
+func (f *fsm) timelineClone() *snapshot.Timeline {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeline.Clone()
 }
 
 func (f *fsm) inoHighWater() uint64 {
@@ -85,9 +202,10 @@ func (f *fsm) inoHighWater() uint64 {
 }
 
 type fsmSnapshot struct {
-	tree   []byte
-	maxIno uint64
-	store  *blockstore.Capture
+	tree     []byte
+	timeline []byte
+	maxIno   uint64
+	store    *blockstore.Capture
 }
 
 // Snapshot runs on the FSM goroutine, with no Apply in flight: capture
@@ -96,11 +214,12 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	tree, err := f.tree.Marshal()
 	maxIno := f.maxIno
+	timeline := f.timeline.AppendBinary(nil)
 	f.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	return &fsmSnapshot{tree: tree, maxIno: maxIno, store: f.store.Capture()}, nil
+	return &fsmSnapshot{tree: tree, timeline: timeline, maxIno: maxIno, store: f.store.Capture()}, nil
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -109,6 +228,8 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	hdr = binary.AppendUvarint(hdr, s.maxIno)
 	hdr = binary.AppendUvarint(hdr, uint64(len(s.tree)))
 	hdr = append(hdr, s.tree...)
+	hdr = binary.AppendUvarint(hdr, uint64(len(s.timeline)))
+	hdr = append(hdr, s.timeline...)
 	_, err := w.Write(hdr)
 	if err == nil {
 		err = s.store.Write(w)
@@ -144,11 +265,23 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
+	n, err = binary.ReadUvarint(br)
+	if err != nil || n > 1<<30 {
+		return fmt.Errorf("restore snapshot: timeline length: %v", err)
+	}
+	tlb := make([]byte, n)
+	if _, err := io.ReadFull(br, tlb); err != nil {
+		return fmt.Errorf("restore snapshot: timeline: %w", err)
+	}
+	timeline, _, err := snapshot.DecodeTimeline(tlb)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
 	if err := f.store.ReadSnapshot(br); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.mu.Lock()
-	f.tree, f.maxIno = tree, maxIno
+	f.tree, f.maxIno, f.timeline = tree, maxIno, timeline
 	f.mu.Unlock()
 	return nil
 }

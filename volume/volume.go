@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,19 @@ type Config struct {
 	Format  int       `json:"format"`
 	Created time.Time `json:"created"`
 	Objects string    `json:"objects"` // object store directory, relative to the data dir unless absolute
+	// Retention is how far back branches and time-travel mounts may reach
+	// (a Go duration; default 168h).
+	Retention string `json:"retention,omitempty"`
+}
+
+// DefaultRetention is the history window when the config names none.
+const DefaultRetention = 7 * 24 * time.Hour
+
+func (c Config) retention() time.Duration {
+	if d, err := time.ParseDuration(c.Retention); err == nil && d > 0 {
+		return d
+	}
+	return DefaultRetention
 }
 
 const configFile = "volume.json"
@@ -79,9 +93,14 @@ type Volume struct {
 
 	nextIno atomic.Uint64
 
-	mu      sync.Mutex
-	mounted map[string]*BranchFS
+	mu     sync.Mutex
+	mounts []*BranchFS // read-write and read-only (time travel)
+	// branchMu serialises branch-tree changes with mounts: a branch is not
+	// deleted or replaced between the check that it is unmounted and the
+	// log entry.
+	branchMu sync.Mutex
 
+	retention time.Duration
 	full      atomic.Bool
 	freeBytes atomic.Int64 // at the last statfs
 	accepted  atomic.Int64 // bytes accepted since the last statfs
@@ -173,6 +192,11 @@ func ReadConfig(dir string) (Config, error) {
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return cfg, fmt.Errorf("volume config %s: %w", filepath.Join(dir, configFile), err)
 	}
+	if cfg.Retention != "" {
+		if d, err := time.ParseDuration(cfg.Retention); err != nil || d <= 0 {
+			return cfg, fmt.Errorf("volume config %s: retention %q is not a positive duration like 168h", filepath.Join(dir, configFile), cfg.Retention)
+		}
+	}
 	if cfg.Format != 1 {
 		return cfg, fmt.Errorf("volume config %s: unsupported format %d", filepath.Join(dir, configFile), cfg.Format)
 	}
@@ -220,7 +244,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		lock.Close()
 		return nil, err
 	}
-	v := &Volume{dir: dir, opts: opts, lock: lock, mounted: make(map[string]*BranchFS),
+	v := &Volume{dir: dir, opts: opts, lock: lock, retention: cfg.retention(),
 		flushKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	v.store = blockstore.NewStore(objects, opts.CacheBytes)
 	v.fsm = newFSM(v.store)
@@ -263,32 +287,90 @@ func (v *Volume) Dir() string { return v.dir }
 // Branches returns the branch tree.
 func (v *Volume) Branches() *snapshot.Tree { return v.fsm.treeClone() }
 
-// Mount opens branch name for reading and writing. A branch is mounted at
-// most once.
+// Mount opens branch name for reading and writing. A branch is mounted
+// read-write at most once.
 func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
 	tree := v.fsm.treeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return nil, fmt.Errorf("no branch %q", name)
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if _, busy := v.mounted[name]; busy {
-		return nil, fmt.Errorf("branch %q is already mounted", name)
+	if m := v.writer(b.ID); m != nil {
+		return nil, fmt.Errorf("branch %q is already mounted%s", name, m.where())
 	}
 	f := &BranchFS{vol: v, branch: b.ID, name: name, lineage: tree.Lineage(b.ID, math.MaxUint64)}
 	if err := f.load(ctx); err != nil {
 		return nil, fmt.Errorf("load branch %q: %w", name, err)
 	}
-	v.mounted[name] = f
+	v.mu.Lock()
+	v.mounts = append(v.mounts, f)
+	v.mu.Unlock()
 	return f, nil
+}
+
+// MountAt opens branch name read-only as it was at point (an LSN, an
+// RFC3339 time or a negative duration): time travel. Writes get EROFS.
+func (v *Volume) MountAt(ctx context.Context, name, point string) (*BranchFS, error) {
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
+	tree := v.fsm.treeClone()
+	b, ok := tree.ByName(name)
+	if !ok {
+		return nil, fmt.Errorf("no branch %q", name)
+	}
+	lsn, err := v.resolvePoint(point, b)
+	if err != nil {
+		return nil, err
+	}
+	f := &BranchFS{vol: v, branch: b.ID, name: fmt.Sprintf("%s@%d", name, lsn), readOnly: true, at: lsn,
+		lineage: tree.Lineage(b.ID, lsn)}
+	if err := f.load(ctx); err != nil {
+		return nil, fmt.Errorf("load branch %q at LSN %d: %w", name, lsn, err)
+	}
+	v.mu.Lock()
+	v.mounts = append(v.mounts, f)
+	v.mu.Unlock()
+	return f, nil
+}
+
+// writer returns the read-write mount of branch id, if any.
+func (v *Volume) writer(id uint32) *BranchFS {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, m := range v.mounts {
+		if m.branch == id && !m.readOnly {
+			return m
+		}
+	}
+	return nil
+}
+
+// mountsReading returns the mounts whose reads go through branch id.
+func (v *Volume) mountsReading(id uint32) []*BranchFS {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []*BranchFS
+	for _, m := range v.mounts {
+		for _, p := range m.lineage {
+			if p.Branch == id {
+				out = append(out, m)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // Unmount waits for the branch's changes to commit and releases it.
 func (v *Volume) Unmount(f *BranchFS) error {
-	err := v.commit.Wait(v.commit.Current())
+	var err error
+	if !f.readOnly {
+		err = v.commit.Wait(v.commit.Current())
+	}
 	v.mu.Lock()
-	delete(v.mounted, f.name)
+	v.mounts = slices.DeleteFunc(v.mounts, func(m *BranchFS) bool { return m == f })
 	v.mu.Unlock()
 	return err
 }
@@ -445,8 +527,8 @@ type Status struct {
 func (v *Volume) Status(ctx context.Context) (Status, error) {
 	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.full.Load()}
 	v.mu.Lock()
-	for name := range v.mounted {
-		st.Mounted = append(st.Mounted, name)
+	for _, m := range v.mounts {
+		st.Mounted = append(st.Mounted, m.name)
 	}
 	v.mu.Unlock()
 	st.LastLogIndex, _ = v.log.Stats()

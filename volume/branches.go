@@ -1,0 +1,600 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/snapshot"
+)
+
+// BranchInfo describes a branch for listings.
+type BranchInfo struct {
+	ID       uint32     `json:"id"`
+	Name     string     `json:"name"`
+	Parent   string     `json:"parent,omitempty"`
+	ParentID uint32     `json:"parent_id,omitempty"`
+	ForkLSN  uint64     `json:"fork_lsn,omitempty"`
+	ForkTime *time.Time `json:"fork_time,omitempty"`
+	Created  time.Time  `json:"created"`
+	Depth    int        `json:"depth"` // in the tree: 0 for the root
+	// LogicalBytes is the size of the files the branch shows.
+	LogicalBytes int64 `json:"logical_bytes"`
+	// UniqueBytes is what the branch wrote itself: what it costs beyond
+	// the history it shares with its ancestors.
+	UniqueBytes int64    `json:"unique_bytes"`
+	Mounted     []string `json:"mounted,omitempty"` // mountpoints (read-write and time travel)
+}
+
+// ReplaceResult reports a reset or restore.
+type ReplaceResult struct {
+	Branch BranchInfo `json:"branch"`
+	Old    string     `json:"old,omitempty"` // the name the previous state is kept under
+}
+
+// parsePoint reads a point in history: an LSN, an RFC3339 time, or a
+// negative duration before now ("-15m", "-2h", "-1d").
+func parsePoint(s string, now time.Time) (lsn uint64, t time.Time, err error) {
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		if n == 0 {
+			return 0, t, fmt.Errorf("invalid point %q: LSNs start at 1", s)
+		}
+		return n, t, nil
+	}
+	if strings.HasPrefix(s, "-") {
+		d, err := parseAgo(s[1:])
+		if err != nil {
+			return 0, t, fmt.Errorf("invalid point %q: %w", s, err)
+		}
+		return 0, now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return 0, t, nil
+	}
+	return 0, t, fmt.Errorf("invalid point %q: want an LSN (1234), an RFC3339 time (2026-11-24T14:05:00Z) or a duration ago (-15m, -2h, -1d)", s)
+}
+
+func parseAgo(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(days, 64)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("bad day count %q", days)
+		}
+		return time.Duration(n * 24 * float64(time.Hour)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("bad duration %q", s)
+	}
+	return d, nil
+}
+
+// resolvePoint turns a point into an LSN of branch b's history, refusing
+// points in the future, outside the retention window, or before b's fork
+// (that history belongs to b's parent).
+func (v *Volume) resolvePoint(point string, b *snapshot.Branch) (uint64, error) {
+	now := time.Now()
+	lsn, t, err := parsePoint(point, now)
+	if err != nil {
+		return 0, err
+	}
+	tl := v.fsm.timelineClone()
+	applied := v.store.Applied()
+	if lsn == 0 {
+		if t.After(now) {
+			return 0, fmt.Errorf("point %s is in the future", t.UTC().Format(time.RFC3339))
+		}
+		if t.Before(now.Add(-v.retention)) {
+			return 0, fmt.Errorf("point %s is older than the retention window (%s)", t.UTC().Format(time.RFC3339), v.retention)
+		}
+		if lsn, err = tl.LSNAt(t); err != nil {
+			return 0, err
+		}
+	} else {
+		if lsn > applied {
+			return 0, fmt.Errorf("LSN %d is not committed yet (the last committed LSN is %d)", lsn, applied)
+		}
+		if at, ok := tl.TimeOf(lsn); ok && at.Before(now.Add(-v.retention)) {
+			return 0, fmt.Errorf("LSN %d (%s) is older than the retention window (%s)", lsn, at.Format(time.RFC3339), v.retention)
+		}
+	}
+	if b.Parent != 0 && lsn < b.ForkLSN {
+		return 0, fmt.Errorf("point %s (LSN %d) is before branch %q was forked (LSN %d): use its parent instead", point, lsn, b.Name, b.ForkLSN)
+	}
+	return lsn, nil
+}
+
+// applyBranchOp logs op and returns the branch ID the FSM answered with.
+func (v *Volume) applyBranchOp(op branchOp) (uint32, error) {
+	data, err := encodeJSON(entryBranch, now(), op)
+	if err != nil {
+		return 0, err
+	}
+	_, resp, err := v.log.Apply(data)
+	if err != nil {
+		return 0, fmt.Errorf("log branch %s of %q: %w", op.Op, op.Name, err)
+	}
+	switch r := resp.(type) {
+	case error:
+		return 0, r
+	case uint32:
+		return r, nil
+	}
+	return 0, fmt.Errorf("log branch %s of %q: unexpected answer %T", op.Op, op.Name, resp)
+}
+
+// stalePidFiles finds postmaster.pid files in Postgres data directories
+// (those holding PG_VERSION) visible through lineage. A branch of a
+// running database carries its parent's pid file; Postgres on the branch
+// would see the parent postmaster alive and refuse to start.
+func (v *Volume) stalePidFiles(ctx context.Context, lineage []blockstore.ReadPoint) ([]direntRef, error) {
+	pg := map[uint64]bool{}
+	var pids []direntRef
+	err := v.store.ScanLatest(ctx, lineage, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindInode},
+		func(e blockstore.Entry) error {
+			switch e.Key.Name {
+			case "PG_VERSION":
+				pg[e.Key.Ino] = true
+			case "postmaster.pid":
+				pids = append(pids, direntRef{Dir: e.Key.Ino, Name: e.Key.Name})
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("look for postmaster.pid: %w", err)
+	}
+	return slices.DeleteFunc(pids, func(r direntRef) bool { return !pg[r.Dir] }), nil
+}
+
+// CreateBranch creates branch name from parent (default main) at point
+// (default: the parent's latest committed state). It writes one log entry
+// and copies nothing.
+func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (BranchInfo, error) {
+	if err := snapshot.ValidName(name); err != nil {
+		return BranchInfo{}, err
+	}
+	if parent == "" {
+		parent = "main"
+	}
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
+	tree := v.fsm.treeClone()
+	if _, dup := tree.ByName(name); dup {
+		return BranchInfo{}, fmt.Errorf("branch %q already exists", name)
+	}
+	p, ok := tree.ByName(parent)
+	if !ok {
+		return BranchInfo{}, fmt.Errorf("no parent branch %q", parent)
+	}
+	op := branchOp{Op: opCreate, Name: name, Parent: p.ID}
+	readAt := uint64(math.MaxUint64)
+	if point != "" {
+		lsn, err := v.resolvePoint(point, p)
+		if err != nil {
+			return BranchInfo{}, err
+		}
+		op.At, readAt = lsn, lsn
+	}
+	var err error
+	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(p.ID, readAt)); err != nil {
+		return BranchInfo{}, err
+	}
+	id, err := v.applyBranchOp(op)
+	if err != nil {
+		return BranchInfo{}, err
+	}
+	return v.branchInfo(ctx, id, false)
+}
+
+// DeleteBranch deletes a branch that is not mounted and has no children.
+// What only it used becomes garbage for GC.
+func (v *Volume) DeleteBranch(ctx context.Context, name string) error {
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
+	b, ok := v.fsm.treeClone().ByName(name)
+	if !ok {
+		return fmt.Errorf("no branch %q", name)
+	}
+	if err := v.notMounted(b); err != nil {
+		return err
+	}
+	_, err := v.applyBranchOp(branchOp{Op: opDelete, Name: name})
+	return err
+}
+
+func (v *Volume) notMounted(b *snapshot.Branch) error {
+	if ms := v.mountsReading(b.ID); len(ms) > 0 {
+		var where []string
+		for _, m := range ms {
+			w := strings.TrimPrefix(m.where(), " at ")
+			if w == "" {
+				w = m.name
+			}
+			where = append(where, w)
+		}
+		return fmt.Errorf("branch %q is mounted (%s): unmount it first", b.Name, strings.Join(where, ", "))
+	}
+	return nil
+}
+
+func oldName(name string) string {
+	suffix := "_old_" + time.Now().UTC().Format("20060102T150405Z")
+	if len(name)+len(suffix) > 63 {
+		name = name[:63-len(suffix)]
+	}
+	return name + suffix
+}
+
+// ResetBranch moves branch name to its parent's latest state. The previous
+// state is kept as NAME_old_<time> unless preserve is false.
+func (v *Volume) ResetBranch(ctx context.Context, name string, preserve bool) (ReplaceResult, error) {
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
+	tree := v.fsm.treeClone()
+	b, ok := tree.ByName(name)
+	if !ok {
+		return ReplaceResult{}, fmt.Errorf("no branch %q", name)
+	}
+	if b.Parent == 0 {
+		return ReplaceResult{}, fmt.Errorf("branch %q is the root: it has no parent to reset to", name)
+	}
+	if err := v.notMounted(b); err != nil {
+		return ReplaceResult{}, err
+	}
+	op := branchOp{Op: opReplace, Name: name}
+	if preserve {
+		op.OldName = oldName(name)
+	}
+	var err error
+	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(b.Parent, math.MaxUint64)); err != nil {
+		return ReplaceResult{}, err
+	}
+	return v.replace(ctx, op)
+}
+
+// RestoreBranch moves branch name back to point of its own history. The
+// state it leaves is kept as NAME_old_<time> unless preserve is false (then
+// it is kept hidden, as the restored branch's parent, until GC).
+func (v *Volume) RestoreBranch(ctx context.Context, name, point string, preserve bool) (ReplaceResult, error) {
+	if point == "" {
+		return ReplaceResult{}, errors.New("restore needs a point (--at LSN, time or -duration)")
+	}
+	v.branchMu.Lock()
+	defer v.branchMu.Unlock()
+	tree := v.fsm.treeClone()
+	b, ok := tree.ByName(name)
+	if !ok {
+		return ReplaceResult{}, fmt.Errorf("no branch %q", name)
+	}
+	if err := v.notMounted(b); err != nil {
+		return ReplaceResult{}, err
+	}
+	lsn, err := v.resolvePoint(point, b)
+	if err != nil {
+		return ReplaceResult{}, err
+	}
+	op := branchOp{Op: opReplace, Name: name, At: lsn, ParentIsOld: true}
+	if preserve {
+		op.OldName = oldName(name)
+	}
+	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(b.ID, lsn)); err != nil {
+		return ReplaceResult{}, err
+	}
+	return v.replace(ctx, op)
+}
+
+func (v *Volume) replace(ctx context.Context, op branchOp) (ReplaceResult, error) {
+	id, err := v.applyBranchOp(op)
+	if err != nil {
+		return ReplaceResult{}, err
+	}
+	info, err := v.branchInfo(ctx, id, false)
+	return ReplaceResult{Branch: info, Old: op.OldName}, err
+}
+
+// ListBranches describes every branch, in tree order (each parent before
+// its children).
+func (v *Volume) ListBranches(ctx context.Context) ([]BranchInfo, error) {
+	tree := v.fsm.treeClone()
+	var order []*snapshot.Branch
+	depth := map[uint32]int{}
+	var walk func(b *snapshot.Branch, d int)
+	walk = func(b *snapshot.Branch, d int) {
+		order = append(order, b)
+		depth[b.ID] = d
+		for _, c := range tree.Children(b.ID) {
+			walk(c, d+1)
+		}
+	}
+	for _, b := range tree.List() {
+		if tree.Branches[b.Parent] == nil {
+			walk(b, 0)
+		}
+	}
+	unique := v.store.BranchBytes()
+	out := make([]BranchInfo, 0, len(order))
+	for _, b := range order {
+		info, err := v.describe(ctx, tree, b, unique)
+		if err != nil {
+			return nil, err
+		}
+		info.Depth = depth[b.ID]
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+func (v *Volume) branchInfo(ctx context.Context, id uint32, sizes bool) (BranchInfo, error) {
+	tree := v.fsm.treeClone()
+	b := tree.Branches[id]
+	if b == nil {
+		return BranchInfo{}, fmt.Errorf("branch %d vanished", id)
+	}
+	return v.describe(ctx, tree, b, v.store.BranchBytes())
+}
+
+func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.Branch, unique map[uint32]int64) (BranchInfo, error) {
+	info := BranchInfo{ID: b.ID, Name: b.Name, ParentID: b.Parent, Created: b.Created, UniqueBytes: unique[b.ID]}
+	if p := tree.Branches[b.Parent]; p != nil {
+		info.Parent = p.Name
+		info.ForkLSN = b.ForkLSN
+		if t, ok := v.fsm.timelineClone().TimeOf(b.ForkLSN); ok {
+			info.ForkTime = &t
+		}
+	}
+	for _, m := range v.mountsReading(b.ID) {
+		if m.branch == b.ID {
+			w := strings.TrimPrefix(m.where(), " at ")
+			if w == "" {
+				w = "(in use)"
+			}
+			info.Mounted = append(info.Mounted, w)
+		}
+	}
+	if m := v.writer(b.ID); m != nil {
+		_, n := m.Counts()
+		info.LogicalBytes = int64(n)
+		return info, nil
+	}
+	err := v.store.ScanLatest(ctx, tree.Lineage(b.ID, math.MaxUint64), blockstore.Key{Kind: blockstore.KindInode}, blockstore.Key{Kind: blockstore.KindBlock},
+		func(e blockstore.Entry) error {
+			if a, err := decodeAttr(e.Value.Data); err == nil && a.IsRegular() {
+				info.LogicalBytes += int64(a.Size)
+			}
+			return nil
+		})
+	if err != nil {
+		return info, fmt.Errorf("size of branch %q: %w", b.Name, err)
+	}
+	return info, nil
+}
+
+// Diff says which files differ between branches A and B and in how many
+// blocks. It looks only at keys the two histories wrote since they parted,
+// so its cost follows the changes, not the database size.
+type Diff struct {
+	A            string     `json:"a"`
+	B            string     `json:"b"`
+	Files        []FileDiff `json:"files"`
+	BlocksDiffer int64      `json:"blocks_differ"`
+	KeysChecked  int        `json:"keys_checked"`
+}
+
+// FileDiff is one file that differs. Change is added (only in B), removed
+// (only in A), modified (data differs), metadata (attributes only) or
+// renamed.
+type FileDiff struct {
+	Path   string `json:"path"`
+	From   string `json:"from,omitempty"` // renamed: the path in A
+	Change string `json:"change"`
+	Blocks int64  `json:"blocks"`
+	SizeA  int64  `json:"size_a"`
+	SizeB  int64  `json:"size_b"`
+}
+
+type nsEntry struct {
+	path string
+	attr Attr
+}
+
+// namespace maps the inodes visible through lineage to a path and attrs.
+func (v *Volume) namespace(ctx context.Context, lineage []blockstore.ReadPoint) (map[uint64]nsEntry, error) {
+	attrs := map[uint64]Attr{}
+	children := map[uint64][]blockstore.Entry{}
+	err := v.store.ScanLatest(ctx, lineage, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindBlock},
+		func(e blockstore.Entry) error {
+			switch e.Key.Kind {
+			case blockstore.KindInode:
+				a, err := decodeAttr(e.Value.Data)
+				if err != nil {
+					return fmt.Errorf("%s: %w", e.Key, err)
+				}
+				attrs[e.Key.Ino] = a
+			case blockstore.KindDirent:
+				children[e.Key.Ino] = append(children[e.Key.Ino], e)
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint64]nsEntry{rootIno: {path: "/", attr: attrs[rootIno]}}
+	queue := []uint64{rootIno}
+	for len(queue) > 0 {
+		dir := queue[0]
+		queue = queue[1:]
+		for _, e := range children[dir] {
+			child, _, err := decodeDirent(e.Value.Data)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", e.Key, err)
+			}
+			a, ok := attrs[child]
+			if _, seen := out[child]; seen || !ok {
+				continue
+			}
+			out[child] = nsEntry{path: path.Join(out[dir].path, e.Key.Name), attr: a}
+			if a.IsDir() {
+				queue = append(queue, child)
+			}
+		}
+	}
+	return out, nil
+}
+
+// divergence lists, per branch, the LSN range (lo, hi] in which one
+// lineage may see versions the other does not.
+func divergence(a, b []blockstore.ReadPoint) map[uint32][2]uint64 {
+	hiA, hiB := map[uint32]uint64{}, map[uint32]uint64{}
+	for _, p := range a {
+		hiA[p.Branch] = p.MaxLSN
+	}
+	for _, p := range b {
+		hiB[p.Branch] = p.MaxLSN
+	}
+	out := map[uint32][2]uint64{}
+	for br, ha := range hiA {
+		if hb, ok := hiB[br]; ok {
+			if ha != hb {
+				out[br] = [2]uint64{min(ha, hb), max(ha, hb)}
+			}
+		} else {
+			out[br] = [2]uint64{0, ha}
+		}
+	}
+	for br, hb := range hiB {
+		if _, ok := hiA[br]; !ok {
+			out[br] = [2]uint64{0, hb}
+		}
+	}
+	return out
+}
+
+func sameValue(x, y blockstore.Version, okX, okY bool) bool {
+	norm := func(v blockstore.Version, ok bool) []byte {
+		if !ok || v.Value.Deleted() || v.Value.Kind == blockstore.ValZero {
+			return nil
+		}
+		if len(bytes.TrimRight(v.Value.Data, "\x00")) == 0 {
+			return nil
+		}
+		return v.Value.Data
+	}
+	if okX && okY && x.LSN == y.LSN && x.Value.Kind == y.Value.Kind {
+		return true // one log entry wrote both
+	}
+	if okX != okY && (x.Value.Deleted() || y.Value.Deleted()) {
+		return false
+	}
+	return bytes.Equal(norm(x, okX), norm(y, okY))
+}
+
+// Diff compares branches a and b at their latest committed states.
+func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
+	tree := v.fsm.treeClone()
+	ba, ok := tree.ByName(a)
+	if !ok {
+		return Diff{}, fmt.Errorf("no branch %q", a)
+	}
+	bb, ok := tree.ByName(b)
+	if !ok {
+		return Diff{}, fmt.Errorf("no branch %q", b)
+	}
+	linA, linB := tree.Lineage(ba.ID, math.MaxUint64), tree.Lineage(bb.ID, math.MaxUint64)
+	applied := v.store.Applied()
+	for _, lin := range [][]blockstore.ReadPoint{linA, linB} {
+		lin[0].MaxLSN = applied // a live branch reads up to what is applied
+	}
+	d := Diff{A: a, B: b}
+	blocks := map[uint64]int64{}
+	touched := map[uint64]bool{}
+	var checkErr error
+	for br, r := range divergence(linA, linB) {
+		err := v.store.KeysWritten(ctx, br, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindBlock + 1}, r[0], r[1],
+			func(k blockstore.Key) error {
+				d.KeysChecked++
+				x, okX, err := v.store.Get(ctx, k, linA)
+				if err != nil {
+					return err
+				}
+				y, okY, err := v.store.Get(ctx, k, linB)
+				if err != nil {
+					return err
+				}
+				if k.Kind == blockstore.KindDirent {
+					if !sameValue(x, y, okX, okY) {
+						for _, ver := range []blockstore.Version{x, y} {
+							if !ver.Value.Deleted() && len(ver.Value.Data) > 0 {
+								if child, _, err := decodeDirent(ver.Value.Data); err == nil {
+									touched[child] = true
+								}
+							}
+						}
+					}
+					return nil
+				}
+				if !sameValue(x, y, okX, okY) {
+					touched[k.Ino] = true
+					if k.Kind == blockstore.KindBlock {
+						blocks[k.Ino]++
+					}
+				}
+				return nil
+			})
+		if err != nil {
+			checkErr = err
+			break
+		}
+	}
+	if checkErr != nil {
+		return d, fmt.Errorf("diff %s %s: %w", a, b, checkErr)
+	}
+	nsA, err := v.namespace(ctx, linA)
+	if err != nil {
+		return d, fmt.Errorf("diff: namespace of %s: %w", a, err)
+	}
+	nsB, err := v.namespace(ctx, linB)
+	if err != nil {
+		return d, fmt.Errorf("diff: namespace of %s: %w", b, err)
+	}
+	for ino := range touched {
+		ea, inA := nsA[ino]
+		eb, inB := nsB[ino]
+		fd := FileDiff{Blocks: blocks[ino], SizeA: int64(ea.attr.Size), SizeB: int64(eb.attr.Size)}
+		switch {
+		case inA && inB:
+			fd.Path = eb.path
+			switch {
+			case ea.path != eb.path:
+				fd.Change, fd.From = "renamed", ea.path
+			case fd.Blocks > 0 || ea.attr.Size != eb.attr.Size:
+				fd.Change = "modified"
+			default:
+				fd.Change = "metadata"
+			}
+		case inA:
+			fd.Path, fd.Change = ea.path, "removed"
+		case inB:
+			fd.Path, fd.Change = eb.path, "added"
+		default:
+			continue // unlinked on both sides
+		}
+		if ea.attr.IsDir() || eb.attr.IsDir() {
+			if fd.Change == "metadata" || fd.Change == "modified" {
+				continue // a directory changes whenever an entry does; the entries say what
+			}
+			fd.Path += "/"
+		}
+		d.BlocksDiffer += fd.Blocks
+		d.Files = append(d.Files, fd)
+	}
+	slices.SortFunc(d.Files, func(x, y FileDiff) int { return strings.Compare(x.Path, y.Path) })
+	return d, nil
+}
