@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 
@@ -414,7 +415,7 @@ func (s *Store) ScanLatest(ctx context.Context, lineage []ReadPoint, from, to Ke
 	return nil
 }
 
-const snapshotMagic = "NEONSNP1"
+const snapshotMagic = "NEONSNP2"
 
 // Capture is the store's state at one applied LSN, for a Raft snapshot.
 type Capture struct {
@@ -450,6 +451,11 @@ func (c *Capture) Write(w io.Writer) error {
 		b = binary.AppendUvarint(b, l.meta.MaxLSN)
 		b = binary.AppendUvarint(b, uint64(l.meta.Size))
 		b = binary.AppendUvarint(b, uint64(l.meta.Keys))
+		b = binary.AppendUvarint(b, uint64(len(l.meta.BranchBytes)))
+		for br, n := range l.meta.BranchBytes {
+			b = binary.AppendUvarint(b, uint64(br))
+			b = binary.AppendUvarint(b, uint64(n))
+		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(segs)))
 	if _, err := bw.Write(b); err != nil {
@@ -518,7 +524,23 @@ func (s *Store) ReadSnapshot(r io.Reader) error {
 				return fail("layer meta", err)
 			}
 		}
-		layers = append(layers, &layerRef{meta: LayerMeta{Name: string(name), MinLSN: f[0], MaxLSN: f[1], Size: int64(f[2]), Keys: int(f[3])}})
+		meta := LayerMeta{Name: string(name), MinLSN: f[0], MaxLSN: f[1], Size: int64(f[2]), Keys: int(f[3])}
+		nb, err := binary.ReadUvarint(tr)
+		if err != nil || nb > 1<<32 {
+			return fail("layer branch count", err)
+		}
+		if nb > 0 {
+			meta.BranchBytes = make(map[uint32]int64, min(nb, 1024))
+		}
+		for range nb {
+			br, err1 := binary.ReadUvarint(tr)
+			n, err2 := binary.ReadUvarint(tr)
+			if err := errors.Join(err1, err2); err != nil || br > math.MaxUint32 {
+				return fail("layer branch bytes", err)
+			}
+			meta.BranchBytes[uint32(br)] = int64(n)
+		}
+		layers = append(layers, &layerRef{meta: meta})
 	}
 	ns, err := binary.ReadUvarint(tr)
 	if err != nil {

@@ -33,17 +33,22 @@ func App() *ucli.App {
 		Commands: []*ucli.Command{
 			initCommand(),
 			mountCommand(),
+			unmountCommand(),
 			statusCommand(),
+			branchCommand(),
 		},
 		HideHelpCommand: true,
 	}
 }
 
-var dataFlag = &ucli.StringFlag{Name: "data", Usage: "volume data directory", Required: true}
+// dataFlag names the volume. Flags go before arguments (urfave/cli), so
+// `neonfs branch create dev` relies on NEONFS_DATA or the default.
+var dataFlag = &ucli.StringFlag{Name: "data", Usage: "volume data directory", Value: "/var/lib/neonfs", EnvVars: []string{"NEONFS_DATA"}}
 
 // Run runs the command line and returns the process exit code.
 func Run(args []string) int {
-	if err := App().Run(args); err != nil {
+	app := App()
+	if err := app.Run(flagsFirst(app, args)); err != nil {
 		msg := err.Error()
 		if errors.Is(err, context.Canceled) {
 			msg = "interrupted"
@@ -59,4 +64,87 @@ func noArgs(c *ucli.Context) error {
 		return fmt.Errorf("%s: unexpected argument %q", c.Command.Name, c.Args().First())
 	}
 	return nil
+}
+
+// flagsFirst moves a command's flags ahead of its arguments: urfave/cli v2
+// stops parsing flags at the first argument, but people (and the docs)
+// write `neonfs branch create dev --parent main`.
+func flagsFirst(app *ucli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	out := []string{args[0]}
+	rest := args[1:]
+	// Global flags, then the command path.
+	var cmd *ucli.Command
+	cmds := app.Commands
+	for len(rest) > 0 {
+		a := rest[0]
+		if strings.HasPrefix(a, "-") && cmd == nil {
+			out = append(out, a)
+			rest = rest[1:]
+			if !strings.Contains(a, "=") && takesValue(app.Flags, a) && len(rest) > 0 {
+				out = append(out, rest[0])
+				rest = rest[1:]
+			}
+			continue
+		}
+		var next *ucli.Command
+		for _, c := range cmds {
+			if c.HasName(a) {
+				next = c
+			}
+		}
+		if next == nil {
+			break
+		}
+		cmd, cmds = next, next.Subcommands
+		out = append(out, a)
+		rest = rest[1:]
+	}
+	if cmd == nil {
+		return args
+	}
+	var flags, pos []string
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			pos = append(pos, rest[i:]...)
+			break
+		}
+		if strings.HasPrefix(a, "-") && len(a) > 1 && isFlag(cmd.Flags, a) {
+			flags = append(flags, a)
+			if !strings.Contains(a, "=") && takesValue(cmd.Flags, a) && i+1 < len(rest) {
+				flags = append(flags, rest[i+1])
+				i++
+			}
+			continue
+		}
+		pos = append(pos, a)
+	}
+	return append(append(out, flags...), pos...)
+}
+
+func flagNamed(flags []ucli.Flag, arg string) ucli.Flag {
+	name := strings.TrimLeft(arg, "-")
+	name, _, _ = strings.Cut(name, "=")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return f
+			}
+		}
+	}
+	return nil
+}
+
+func isFlag(flags []ucli.Flag, arg string) bool { return flagNamed(flags, arg) != nil }
+
+func takesValue(flags []ucli.Flag, arg string) bool {
+	f := flagNamed(flags, arg)
+	if f == nil {
+		return false
+	}
+	_, isBool := f.(*ucli.BoolFlag)
+	return !isBool
 }

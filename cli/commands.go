@@ -11,9 +11,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"text/tabwriter"
-	"time"
 
-	"github.com/neonfs/neonfs/fusefs"
 	"github.com/neonfs/neonfs/volume"
 	ucli "github.com/urfave/cli/v2"
 )
@@ -61,12 +59,16 @@ func volumeOptions(c *ucli.Context) (volume.Options, error) {
 
 func mountCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "mount",
-		Usage:     "serve a branch as a file system until SIGINT/SIGTERM",
+		Name:  "mount",
+		Usage: "serve a branch as a file system (until SIGINT/SIGTERM, or hand it to the running daemon)",
+		Description: "The first mount of a volume runs in the foreground as its daemon. While it runs,\n" +
+			"further mounts (other branches, or --at for a read-only view of the past) are\n" +
+			"served by that daemon and this command returns at once.",
 		ArgsUsage: "MOUNTPOINT",
 		Flags: append([]ucli.Flag{
 			dataFlag,
 			&ucli.StringFlag{Name: "branch", Value: "main", Usage: "branch to mount"},
+			&ucli.StringFlag{Name: "at", Usage: "mount the branch read-only as it was at this point: LSN, RFC3339 time or -duration (-15m)"},
 			&ucli.BoolFlag{Name: "writeback-cache", Value: true, Usage: "let the kernel page cache absorb writes until fsync"},
 			&ucli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 		}, volumeFlags()...),
@@ -87,82 +89,98 @@ func runMount(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
-	// Check the mountpoint before replaying the log: a bad path should fail fast.
-	if fi, err := os.Stat(mnt); err != nil {
-		return fmt.Errorf("mountpoint: %w", err)
-	} else if !fi.IsDir() {
-		return fmt.Errorf("mountpoint %s is not a directory", mnt)
-	}
-	if m, err := fusefs.IsMounted(mnt); err != nil {
+	if _, err := volume.ReadConfig(dir); err != nil {
 		return err
-	} else if m {
-		return fmt.Errorf("mountpoint %s is already mounted (unmount it first)", mnt)
 	}
+	// Check the mountpoint before replaying the log: a bad path should fail fast.
+	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	req := mountRequest{Branch: c.String("branch"), At: c.String("at"), Mountpoint: mnt, Writeback: c.Bool("writeback-cache")}
+	if r, ok, err := daemonRunning(c.Context, dir); err != nil {
+		return err
+	} else if ok {
+		var rep mountReply
+		if err := r.call(c.Context, "mount", rpcArgs{Name: req.Branch, Point: req.At, Mountpoint: mnt, Writeback: req.Writeback}, &rep); err != nil {
+			return err
+		}
+		mode := ""
+		if rep.ReadOnly {
+			mode = " read-only"
+		}
+		fmt.Printf("mounted branch %s%s at %s (served by the daemon, process %d)\n", rep.Branch, mode, rep.Mountpoint, rep.Pid)
+		return nil
+	}
+
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-
-	start := time.Now()
 	vol, err := volume.Open(ctx, dir, opts)
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
 	}
-	bfs, err := vol.Mount(ctx, c.String("branch"))
+	d := newDaemon(dir, vol, c.Bool("fuse-debug"))
+	rep, err := d.mount(ctx, req)
 	if err != nil {
 		return errors.Join(err, vol.Close())
 	}
-	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{WritebackCache: c.Bool("writeback-cache"), Debug: c.Bool("fuse-debug")})
+	ctl, err := serveControl(d)
 	if err != nil {
-		return errors.Join(err, vol.Unmount(bfs), vol.Close())
+		slog.Warn("control socket unavailable: other commands will not reach this daemon", "err", err)
 	}
-	ctl, err := serveControl(dir, vol)
-	if err != nil {
-		slog.Warn("control socket unavailable", "err", err)
-	}
-	inodes, _ := bfs.Counts()
-	slog.Info("mounted", "branch", bfs.Name(), "data", dir, "mountpoint", mnt, "inodes", inodes, "took", time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", bfs.Name(), dir, mnt)
+	fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", rep.Branch, dir, rep.Mountpoint)
 
-	unmounted := make(chan struct{})
-	go func() { srv.Wait(); close(unmounted) }()
 	select {
 	case <-ctx.Done():
-		slog.Info("signal received: unmounting", "mountpoint", mnt)
-		unmount(srv, mnt, unmounted)
-	case <-unmounted:
-		slog.Info("unmounted externally", "mountpoint", mnt)
+		slog.Info("signal received: unmounting everything", "data", dir)
+		if ctl != nil {
+			ctl.Close()
+			ctl = nil
+		}
+		d.shutdown()
+	case <-d.idle:
+		slog.Info("last mount gone: closing the volume", "data", dir)
 	}
 	if ctl != nil {
 		ctl.Close()
 	}
-	err = errors.Join(vol.Unmount(bfs), vol.Close())
-	if err != nil {
+	if err := vol.Close(); err != nil {
 		return fmt.Errorf("close volume: %w", err)
 	}
 	slog.Info("volume closed cleanly", "data", dir)
 	return nil
 }
 
-// unmount retries while the mount is busy (a process still has files open),
-// then detaches it lazily so the daemon can still close the volume cleanly.
-func unmount(srv interface{ Unmount() error }, mnt string, done <-chan struct{}) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := srv.Unmount()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			slog.Warn("mount still busy: detaching lazily", "mountpoint", mnt, "err", err)
-			syscall.Unmount(mnt, syscall.MNT_DETACH)
-			break
-		}
-		slog.Warn("unmount failed, retrying", "mountpoint", mnt, "err", err)
-		time.Sleep(500 * time.Millisecond)
-	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		slog.Warn("FUSE server did not stop after unmount", "mountpoint", mnt)
+func unmountCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "unmount",
+		Usage:     "stop serving a mountpoint of the running daemon (the last one stops the daemon)",
+		ArgsUsage: "MOUNTPOINT",
+		Flags:     []ucli.Flag{dataFlag},
+		Action: func(c *ucli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("unmount: want exactly one MOUNTPOINT argument, got %d", c.NArg())
+			}
+			dir := c.String("data")
+			if _, err := volume.ReadConfig(dir); err != nil {
+				return err
+			}
+			r, ok, err := daemonRunning(c.Context, dir)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("no daemon serves %s", dir)
+			}
+			mnt, err := filepath.Abs(c.Args().First())
+			if err != nil {
+				return err
+			}
+			if err := r.call(c.Context, "unmount", rpcArgs{Mountpoint: mnt}, nil); err != nil {
+				return err
+			}
+			fmt.Printf("unmounted %s\n", mnt)
+			return nil
+		},
 	}
 }
 
@@ -193,18 +211,12 @@ func statusCommand() *ucli.Command {
 
 // fetchStatus asks the running daemon, or opens the volume itself when no
 // daemon holds it.
-func fetchStatus(ctx context.Context, dir string) (volume.Status, error) {
-	if st, err := controlStatus(ctx, dir); err == nil {
-		return st, nil
-	} else if !errors.Is(err, errNoDaemon) {
-		return st, err
-	}
-	vol, err := volume.Open(ctx, dir, volume.Options{NoFlush: true})
-	if err != nil {
-		return volume.Status{}, fmt.Errorf("open volume: %w", err)
-	}
-	st, err := vol.Status(ctx)
-	return st, errors.Join(err, vol.Close())
+func fetchStatus(ctx context.Context, dir string) (st volume.Status, err error) {
+	err = withVolume(ctx, dir, func(v volumeAPI) error {
+		st, err = v.Status(ctx)
+		return err
+	})
+	return st, err
 }
 
 func printStatus(st volume.Status) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -67,7 +68,9 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 		opts.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
 	if bfs.ReadOnly() {
-		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+		// The kernel then answers writes with EROFS itself; the branch
+		// refuses them too. "ro" is a mount flag, not a FUSE option.
+		opts.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
 	srv, err := fs.Mount(abs, &node{bfs: bfs}, opts)
 	if err != nil {

@@ -199,9 +199,13 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 func (v *Volume) DeleteBranch(ctx context.Context, name string) error {
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	b, ok := v.fsm.treeClone().ByName(name)
+	tree := v.fsm.treeClone()
+	b, ok := tree.ByName(name)
 	if !ok {
 		return fmt.Errorf("no branch %q", name)
+	}
+	if err := deletable(tree, b); err != nil {
+		return err
 	}
 	if err := v.notMounted(b); err != nil {
 		return err
@@ -515,10 +519,15 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 	d := Diff{A: a, B: b}
 	blocks := map[uint64]int64{}
 	touched := map[uint64]bool{}
+	checked := map[blockstore.Key]bool{} // a key may have been written on several branches
 	var checkErr error
 	for br, r := range divergence(linA, linB) {
 		err := v.store.KeysWritten(ctx, br, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindBlock + 1}, r[0], r[1],
 			func(k blockstore.Key) error {
+				if checked[k] {
+					return nil
+				}
+				checked[k] = true
 				d.KeysChecked++
 				x, okX, err := v.store.Get(ctx, k, linA)
 				if err != nil {

@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/neonfs/neonfs/fusefs"
+	"github.com/neonfs/neonfs/volume"
+)
+
+// daemon holds a volume open and serves any number of its branches, each
+// at its own mountpoint. It ends when its last mount goes away (unmounted
+// by `neonfs unmount`, by umount, or at SIGINT/SIGTERM).
+type daemon struct {
+	dir   string
+	vol   *volume.Volume
+	debug bool
+
+	mu     sync.Mutex
+	mounts map[string]*served // by mountpoint
+	idle   chan struct{}      // closed when the last mount is gone
+}
+
+type served struct {
+	bfs  *volume.BranchFS
+	srv  *fuse.Server
+	mnt  string
+	done chan struct{} // closed when the FUSE server stopped
+}
+
+type mountRequest struct {
+	Branch     string
+	At         string // a point in history: read-only time travel
+	Mountpoint string
+	Writeback  bool
+}
+
+type mountReply struct {
+	Branch     string `json:"branch"`
+	Mountpoint string `json:"mountpoint"`
+	ReadOnly   bool   `json:"read_only"`
+	Pid        int    `json:"pid"`
+}
+
+func newDaemon(dir string, vol *volume.Volume, debug bool) *daemon {
+	return &daemon{dir: dir, vol: vol, debug: debug, mounts: map[string]*served{}, idle: make(chan struct{})}
+}
+
+func checkMountpoint(mnt string) error {
+	fi, err := os.Stat(mnt)
+	if err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mountpoint %s is not a directory", mnt)
+	}
+	if m, err := fusefs.IsMounted(mnt); err != nil {
+		return err
+	} else if m {
+		return fmt.Errorf("mountpoint %s is already mounted (unmount it first)", mnt)
+	}
+	return nil
+}
+
+// mount serves a branch (or a past state of one, read-only) at a
+// mountpoint.
+func (d *daemon) mount(ctx context.Context, req mountRequest) (mountReply, error) {
+	mnt, err := filepath.Abs(req.Mountpoint)
+	if err != nil {
+		return mountReply{}, err
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return mountReply{}, err
+	}
+	d.mu.Lock()
+	if _, busy := d.mounts[mnt]; busy {
+		d.mu.Unlock()
+		return mountReply{}, fmt.Errorf("mountpoint %s is already served by this daemon", mnt)
+	}
+	d.mu.Unlock()
+	start := time.Now()
+	var bfs *volume.BranchFS
+	if req.At != "" {
+		bfs, err = d.vol.MountAt(ctx, req.Branch, req.At)
+	} else {
+		bfs, err = d.vol.Mount(ctx, req.Branch)
+	}
+	if err != nil {
+		return mountReply{}, err
+	}
+	bfs.SetMountpoint(mnt)
+	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug})
+	if err != nil {
+		return mountReply{}, errors.Join(err, d.vol.Unmount(bfs))
+	}
+	s := &served{bfs: bfs, srv: srv, mnt: mnt, done: make(chan struct{})}
+	d.mu.Lock()
+	d.mounts[mnt] = s
+	d.mu.Unlock()
+	go func() {
+		srv.Wait()
+		close(s.done)
+		d.release(s)
+	}()
+	inodes, _ := bfs.Counts()
+	slog.Info("mounted", "branch", bfs.Name(), "read_only", bfs.ReadOnly(), "mountpoint", mnt, "inodes", inodes,
+		"took", time.Since(start).Round(time.Millisecond))
+	return mountReply{Branch: bfs.Name(), Mountpoint: mnt, ReadOnly: bfs.ReadOnly(), Pid: os.Getpid()}, nil
+}
+
+// release forgets a mount whose FUSE server stopped.
+func (d *daemon) release(s *served) {
+	if err := d.vol.Unmount(s.bfs); err != nil {
+		slog.Error("release branch", "branch", s.bfs.Name(), "err", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.mounts[s.mnt] == s {
+		delete(d.mounts, s.mnt)
+	}
+	slog.Info("unmounted", "branch", s.bfs.Name(), "mountpoint", s.mnt)
+	if len(d.mounts) == 0 {
+		select {
+		case <-d.idle:
+		default:
+			close(d.idle)
+		}
+	}
+}
+
+func (d *daemon) unmount(mnt string) error {
+	abs, err := filepath.Abs(mnt)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	s := d.mounts[abs]
+	d.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("%s is not served by the daemon of %s", abs, d.dir)
+	}
+	unmount(s.srv, s.mnt, s.done)
+	return nil
+}
+
+// shutdown unmounts everything.
+func (d *daemon) shutdown() {
+	d.mu.Lock()
+	var all []*served
+	for _, s := range d.mounts {
+		all = append(all, s)
+	}
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			unmount(s.srv, s.mnt, s.done)
+		}()
+	}
+	wg.Wait()
+	// The release goroutines run after each server stops.
+	select {
+	case <-d.idle:
+	case <-time.After(30 * time.Second):
+		slog.Warn("mounts still held after unmount")
+	}
+}
+
+// unmount retries while the mount is busy (a process still has files open),
+// then detaches it lazily so the daemon can still close the volume cleanly.
+func unmount(srv interface{ Unmount() error }, mnt string, done <-chan struct{}) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := srv.Unmount()
+		if err == nil {
+			break
+		}
+		select {
+		case <-done:
+			return // already gone (unmounted from outside)
+		default:
+		}
+		if time.Now().After(deadline) {
+			slog.Warn("mount still busy: detaching lazily", "mountpoint", mnt, "err", err)
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+			break
+		}
+		slog.Warn("unmount failed, retrying", "mountpoint", mnt, "err", err)
+		time.Sleep(500 * time.Millisecond)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		slog.Warn("FUSE server did not stop after unmount", "mountpoint", mnt)
+	}
+}
