@@ -24,7 +24,13 @@ func App() *ucli.App {
 		},
 		Before: func(c *ucli.Context) error {
 			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+			level := c.String("log-level")
+			if !c.IsSet("log-level") && c.Args().First() != "mount" {
+				// A one-shot command that opens the volume itself should not
+				// narrate the log replay; the daemon should.
+				level = "warn"
+			}
+			if err := lvl.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.String("log-level"))
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
@@ -43,7 +49,7 @@ func App() *ucli.App {
 
 // dataFlag names the volume. Flags go before arguments (urfave/cli), so
 // `neonfs branch create dev` relies on NEONFS_DATA or the default.
-var dataFlag = &ucli.StringFlag{Name: "data", Usage: "volume data directory", Value: "/var/lib/neonfs", EnvVars: []string{"NEONFS_DATA"}}
+var dataFlag = &ucli.StringFlag{Name: "data", Usage: "volume data directory", Value: "/var/lib/neonfs/vol", EnvVars: []string{"NEONFS_DATA"}}
 
 // Run runs the command line and returns the process exit code.
 func Run(args []string) int {
