@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/volume"
 	ucli "github.com/urfave/cli/v2"
 )
@@ -21,13 +22,43 @@ func initCommand() *ucli.Command {
 		Name:      "init",
 		Usage:     "create an empty volume with a branch named main",
 		ArgsUsage: " ",
-		Flags:     []ucli.Flag{dataFlag},
+		Flags: []ucli.Flag{dataFlag,
+			&ucli.StringFlag{Name: "s3", Usage: "keep objects in S3 at s3://bucket/prefix instead of DATA/objects"},
+			&ucli.StringFlag{Name: "s3-endpoint", Usage: "S3 endpoint host:port (with --s3)"},
+			&ucli.StringFlag{Name: "s3-region", Usage: "S3 region (default: ask the server)"},
+			&ucli.BoolFlag{Name: "s3-tls", Value: true, Usage: "use TLS to reach the endpoint"},
+			&ucli.StringFlag{Name: "s3-credentials", Usage: "file (mode 0600) with access_key_id= and secret_access_key= lines; default: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment"},
+		},
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
 			dir := c.String("data")
-			if err := volume.Init(c.Context, dir); err != nil {
+			var o volume.InitOptions
+			if u := c.String("s3"); u != "" {
+				bucket, prefix, err := blockstore.ParseS3URL(u)
+				if err != nil {
+					return err
+				}
+				if c.String("s3-endpoint") == "" {
+					return fmt.Errorf("--s3 needs --s3-endpoint host:port")
+				}
+				cred := c.String("s3-credentials")
+				if cred != "" {
+					if cred, err = filepath.Abs(cred); err != nil {
+						return err
+					}
+				}
+				o.S3 = &blockstore.S3Config{Endpoint: c.String("s3-endpoint"), Bucket: bucket, Prefix: prefix,
+					Region: c.String("s3-region"), Secure: c.Bool("s3-tls"), CredentialsFile: cred}
+			} else {
+				for _, f := range []string{"s3-endpoint", "s3-region", "s3-credentials"} {
+					if c.IsSet(f) {
+						return fmt.Errorf("--%s needs --s3", f)
+					}
+				}
+			}
+			if err := volume.InitWith(c.Context, dir, o); err != nil {
 				return fmt.Errorf("init %s: %w", dir, err)
 			}
 			fmt.Printf("created volume %s with branch main\n", dir)

@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
-# Installs what neonfs's demo, tests and CI need, with apt-get, only if it is
-# missing: fuse3, fio, stress-ng, Postgres 15 (Debian 12's `postgresql`) and
-# make. Runs `apt-get update` only when something has to be installed.
+# Installs what neonfs's demo, tests and CI need, only if it is missing:
+# versitygw (with go install) and, with apt-get, fuse3, fio, stress-ng,
+# Postgres 15 (Debian 12's `postgresql`) and make. Runs `apt-get update`
+# only when something has to be installed.
 set -euo pipefail
+
+# versitygw, the S3 server the object-store tests run against, is a Go
+# binary: `go install` it (no root needed) when it is not in GOPATH/bin.
+versitygw_version=v1.8.0
+install_versitygw() {
+	if ! command -v go >/dev/null 2>&1; then
+		echo "deps: go not found; cannot install versitygw, which the S3 tests need" >&2
+		return 0
+	fi
+	local bin
+	bin="$(go env GOPATH | cut -d: -f1)/bin/versitygw"
+	if [ -x "$bin" ]; then
+		echo "deps: versitygw present ($bin)"
+		return 0
+	fi
+	echo "deps: installing versitygw $versitygw_version with go install (about 90 s)"
+	go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"
+	echo "deps: installed $bin"
+}
+install_versitygw
 
 missing=()
 have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }

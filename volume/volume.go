@@ -34,6 +34,9 @@ type Config struct {
 	// Retention is how far back branches and time-travel mounts may reach
 	// (a Go duration; default 168h).
 	Retention string `json:"retention,omitempty"`
+	// S3 puts the objects in a bucket instead of the Objects directory.
+	// It names a credentials file, never the credentials.
+	S3 *blockstore.S3Config `json:"s3,omitempty"`
 }
 
 // DefaultRetention is the history window when the config names none.
@@ -110,15 +113,36 @@ type Volume struct {
 	wg        sync.WaitGroup
 }
 
-// Init creates an empty volume in dir, which must be missing or empty.
-func Init(ctx context.Context, dir string) error {
+// InitOptions choose where a new volume keeps its objects.
+type InitOptions struct {
+	S3 *blockstore.S3Config // nil: a local directory
+}
+
+// Init creates an empty volume in dir, which must be missing or empty,
+// with its objects in dir/objects.
+func Init(ctx context.Context, dir string) error { return InitWith(ctx, dir, InitOptions{}) }
+
+// InitWith creates an empty volume in dir, which must be missing or empty.
+func InitWith(ctx context.Context, dir string, o InitOptions) error {
 	if err := checkEmptyDir(dir); err != nil {
 		return err
+	}
+	if o.S3 != nil {
+		// Fail before creating anything when the bucket is unreachable.
+		store, err := blockstore.NewS3Store(ctx, *o.S3)
+		if err != nil {
+			return err
+		}
+		if objs, err := store.List(ctx, "layers/"); err != nil {
+			return fmt.Errorf("list %s: %w", o.S3, err)
+		} else if len(objs) > 0 {
+			return fmt.Errorf("%s already holds %d layer objects: use an empty bucket or prefix", o.S3, len(objs))
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	cfg := Config{Format: 1, Created: time.Now().UTC(), Objects: "objects"}
+	cfg := Config{Format: 1, Created: time.Now().UTC(), Objects: "objects", S3: o.S3}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	if err := writeFileSync(filepath.Join(dir, configFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("write volume config: %w", err)
@@ -235,11 +259,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	objDir := cfg.Objects
-	if !filepath.IsAbs(objDir) {
-		objDir = filepath.Join(dir, objDir)
-	}
-	objects, err := blockstore.NewDirStore(objDir)
+	objects, err := openObjects(ctx, dir, cfg)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -263,6 +283,17 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		go v.flusher()
 	}
 	return v, nil
+}
+
+func openObjects(ctx context.Context, dir string, cfg Config) (blockstore.ObjectStore, error) {
+	if cfg.S3 != nil {
+		return blockstore.NewS3Store(ctx, *cfg.S3)
+	}
+	objDir := cfg.Objects
+	if !filepath.IsAbs(objDir) {
+		objDir = filepath.Join(dir, objDir)
+	}
+	return blockstore.NewDirStore(objDir)
 }
 
 func (v *Volume) propose(data []byte) error {

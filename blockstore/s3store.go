@@ -1,0 +1,722 @@
+package blockstore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+)
+
+// S3Config says where an S3Store keeps its objects.
+type S3Config struct {
+	Endpoint string // host:port, no scheme
+	Bucket   string
+	Prefix   string // objects live under Prefix + "/"; empty for the bucket root
+	Region   string // empty: ask the server
+	Secure   bool   // TLS
+	// CredentialsFile holds access_key_id=... and secret_access_key=...
+	// lines and must not be accessible by group or others. When empty, the
+	// credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+	// (optionally) AWS_SESSION_TOKEN.
+	CredentialsFile string
+}
+
+// String names the location; it never includes credentials.
+func (c S3Config) String() string {
+	u := "s3://" + c.Bucket
+	if c.Prefix != "" {
+		u += "/" + c.Prefix
+	}
+	return u + " at " + c.Endpoint
+}
+
+// ParseS3URL splits s3://bucket/some/prefix into its bucket and prefix
+// (without a trailing '/'; empty for s3://bucket).
+func ParseS3URL(url string) (bucket, prefix string, err error) {
+	rest, ok := strings.CutPrefix(url, "s3://")
+	if !ok {
+		return "", "", fmt.Errorf("S3 URL %q: must start with s3://", url)
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	// s3://key:secret@bucket is a common habit; echoing it back would
+	// leak the secret.
+	if strings.ContainsAny(bucket, "@:") {
+		return "", "", errors.New("S3 URL: credentials or ports in the URL are not supported; give the endpoint and a credentials file separately")
+	}
+	if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
+		return "", "", fmt.Errorf("S3 URL %q: invalid bucket name %q: %w", url, bucket, err)
+	}
+	prefix = strings.TrimSuffix(prefix, "/")
+	if prefix != "" && !validObjectName(prefix) {
+		return "", "", fmt.Errorf("S3 URL %q: invalid prefix %q: components must be non-empty and not start with '.'", url, prefix)
+	}
+	return bucket, prefix, nil
+}
+
+// S3Store is an ObjectStore in an S3 bucket, under a key prefix. Object
+// names follow DirStore's rules, so a volume can move between the two.
+// Transient faults (network errors, 5xx, SlowDown, a request that does not
+// finish in time) are retried with exponential backoff until the caller's
+// context is done: a flush that waits out an S3 outage is better than a
+// failed one. Safe for concurrent use.
+type S3Store struct {
+	client   *minio.Client
+	core     minio.Core
+	endpoint string
+	bucket   string
+	prefix   string   // "" or the configured prefix with a trailing "/"
+	redact   []string // credentials, kept only to scrub them from errors
+}
+
+var _ ObjectStore = (*S3Store)(nil)
+
+const (
+	// s3RequestTimeout bounds a request that moves no object data, and the
+	// wait for a response before the data starts to flow.
+	s3RequestTimeout = 30 * time.Second
+	// s3MinRate is the slowest transfer (bytes per second) not taken for a
+	// hung server.
+	s3MinRate = 1 << 20
+	// s3PartSize splits big objects (layers are 100+ MiB) into parts
+	// uploaded in parallel; smaller objects go in a single PUT.
+	s3PartSize = 32 << 20
+	// s3ConnectTimeout bounds NewS3Store's bucket check when the caller's
+	// context has no deadline, so a typo in the endpoint fails instead of
+	// hanging.
+	s3ConnectTimeout = 30 * time.Second
+
+	s3BackoffMin = 50 * time.Millisecond
+	s3BackoffMax = 5 * time.Second
+)
+
+// s3Timeout is the per-attempt time allowed to move n bytes.
+func s3Timeout(n int64) time.Duration {
+	return s3RequestTimeout + time.Duration(n/s3MinRate)*time.Second
+}
+
+// NewS3Store connects to the bucket cfg names and checks that it exists
+// and that the credentials may use it.
+func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
+	if cfg.Endpoint == "" {
+		return nil, errors.New("S3 endpoint: empty (want host:port)")
+	}
+	if strings.Contains(cfg.Endpoint, "@") {
+		// Not echoed: it may hold credentials.
+		return nil, errors.New("S3 endpoint: credentials in the endpoint are not supported; use a credentials file or the environment")
+	}
+	if strings.Contains(cfg.Endpoint, "://") {
+		return nil, fmt.Errorf("S3 endpoint %q: want host:port without a scheme (TLS is a separate setting)", cfg.Endpoint)
+	}
+	if _, _, err := net.SplitHostPort(cfg.Endpoint); err != nil {
+		return nil, fmt.Errorf("S3 endpoint %q: want host:port: %w", cfg.Endpoint, err)
+	}
+	if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("S3 bucket %q: %w", cfg.Bucket, err)
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		if !validObjectName(prefix) {
+			return nil, fmt.Errorf("S3 prefix %q: components must be non-empty and not start with '.'", cfg.Prefix)
+		}
+		prefix += "/"
+	}
+	creds, err := loadS3Credentials(cfg.CredentialsFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(creds.accessKey, creds.secretKey, creds.sessionToken),
+		Secure: cfg.Secure,
+		Region: cfg.Region,
+		// We retry ourselves, with a backoff that outlasts an outage.
+		MaxRetries: 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("S3 endpoint %s: %w", cfg.Endpoint, err)
+	}
+	s := &S3Store{
+		client:   client,
+		core:     minio.Core{Client: client},
+		endpoint: cfg.Endpoint,
+		bucket:   cfg.Bucket,
+		prefix:   prefix,
+	}
+	// Scrub every credential long enough to be one; a 1-3 character test
+	// key would otherwise garble every message it happens to occur in.
+	for _, c := range []string{creds.accessKey, creds.secretKey, creds.sessionToken} {
+		if len(c) >= 4 {
+			s.redact = append(s.redact, c)
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s3ConnectTimeout)
+		defer cancel()
+	}
+	// A one-key listing rather than HEAD: a HEAD error has no body, so some
+	// servers' "unknown access key" (versitygw answers 404) would read as
+	// a missing bucket. It also checks the permission the store needs most.
+	err = s.retry(ctx, "check bucket", "", func(ctx context.Context, _ *s3Attempt) error {
+		for o := range client.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
+			return o.Err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.scrub(s.bucketErr(err))
+	}
+	return s, nil
+}
+
+func (s *S3Store) bucketErr(err error) error {
+	var gu *s3GaveUpError
+	if errors.As(err, &gu) {
+		return fmt.Errorf("cannot reach S3 endpoint %s: %w", s.endpoint, err)
+	}
+	if s3Code(err) == minio.NoSuchBucket {
+		return fmt.Errorf("bucket %s does not exist at endpoint %s", s.bucket, s.endpoint)
+	}
+	if s3AccessDenied(err) {
+		return fmt.Errorf("access denied to bucket %s at endpoint %s: check credentials: %w", s.bucket, s.endpoint, err)
+	}
+	if s3NetworkError(err) {
+		return fmt.Errorf("cannot reach S3 endpoint %s: %w", s.endpoint, err)
+	}
+	return fmt.Errorf("check bucket %s at endpoint %s: %w", s.bucket, s.endpoint, err)
+}
+
+// String names the store's location; it never includes credentials.
+func (s *S3Store) String() string {
+	return "s3://" + s.bucket + "/" + s.prefix + " at " + s.endpoint
+}
+
+// GoString keeps %#v (which would print every field) from reaching the
+// credentials.
+func (s *S3Store) GoString() string { return "S3Store(" + s.String() + ")" }
+
+// LogValue keeps slog from printing the struct.
+func (s *S3Store) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+func (s *S3Store) key(name string) string { return s.prefix + name }
+
+func (s *S3Store) checkName(op, name string) error {
+	if !validObjectName(name) {
+		return fmt.Errorf("%s object %q: invalid object name", op, name)
+	}
+	return nil
+}
+
+// Put uploads data and returns once the server has acknowledged it.
+// Objects are immutable, so retrying a PUT whose reply was lost is safe.
+func (s *S3Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := s.checkName("put", name); err != nil {
+		return err
+	}
+	size := int64(len(data))
+	err := s.retryTimeout(ctx, "put", name, s3Timeout(size), func(ctx context.Context, _ *s3Attempt) error {
+		_, err := s.client.PutObject(ctx, s.bucket, s.key(name), bytes.NewReader(data), size, minio.PutObjectOptions{
+			ContentType: "application/octet-stream",
+			PartSize:    s3PartSize,
+		})
+		return err
+	})
+	if err != nil {
+		return s.objectErr("put", name, err)
+	}
+	return nil
+}
+
+func (s *S3Store) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := s.checkName("get", name); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := s.retry(ctx, "get", name, func(ctx context.Context, a *s3Attempt) error {
+		body, info, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		if info.Size < 0 {
+			a.extend(s3RequestTimeout)
+			out, err = io.ReadAll(body)
+			return err
+		}
+		a.extend(s3Timeout(info.Size))
+		b := make([]byte, info.Size)
+		if _, err := io.ReadFull(body, b); err != nil {
+			return err // cut off mid-body: the server went away, retry
+		}
+		out = b
+		return nil
+	})
+	if err != nil {
+		return nil, s.objectErr("get", name, err)
+	}
+	return out, nil
+}
+
+// GetRange fetches only the range, with an HTTP Range request.
+func (s *S3Store) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if err := s.checkName("get", name); err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("get object %s: invalid range offset %d length %d", name, off, n)
+	}
+	if n > math.MaxInt64-off {
+		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond any object: %w", name, off, off, n, ErrCorrupt)
+	}
+	if n == 0 {
+		// An empty Range is not expressible; the object must still reach off.
+		size, err := s.Size(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if off > size {
+			return nil, fmt.Errorf("get object %s: range [%d, %d+0) beyond size %d: %w", name, off, off, size, ErrCorrupt)
+		}
+		return []byte{}, nil
+	}
+	var out []byte
+	err := s.retry(ctx, "get", name, func(ctx context.Context, a *s3Attempt) error {
+		var opts minio.GetObjectOptions
+		if err := opts.SetRange(off, off+n-1); err != nil {
+			return err
+		}
+		body, info, h, err := s.core.GetObject(ctx, s.bucket, s.key(name), opts)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		start, total, ok := parseContentRange(h.Get("Content-Range"))
+		switch {
+		case !ok && off != 0:
+			return errors.New("server ignored the Range header (no Content-Range in the reply)")
+		case ok && start != off:
+			return fmt.Errorf("asked for bytes from %d, server sent from %d", off, start)
+		}
+		// Checked before allocating, so a corrupted length read from a
+		// layer cannot allocate more than the server sends.
+		if info.Size < n {
+			if !ok {
+				total = info.Size
+			}
+			return fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, total, ErrCorrupt)
+		}
+		a.extend(s3Timeout(n))
+		b := make([]byte, n)
+		if _, err := io.ReadFull(body, b); err != nil {
+			return err // cut off mid-body: the server went away, retry
+		}
+		out = b
+		return nil
+	})
+	if err != nil {
+		return nil, s.objectErr("get", name, err)
+	}
+	return out, nil
+}
+
+// parseContentRange parses "bytes first-last/total" (total may be "*").
+func parseContentRange(v string) (start, total int64, ok bool) {
+	v, ok = strings.CutPrefix(v, "bytes ")
+	if !ok {
+		return 0, 0, false
+	}
+	r, t, ok := strings.Cut(v, "/")
+	if !ok {
+		return 0, 0, false
+	}
+	first, _, ok := strings.Cut(r, "-")
+	if !ok {
+		return 0, 0, false
+	}
+	start, err := strconv.ParseInt(first, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	total = -1
+	if t != "*" {
+		if total, err = strconv.ParseInt(t, 10, 64); err != nil {
+			return 0, 0, false
+		}
+	}
+	return start, total, true
+}
+
+func (s *S3Store) Size(ctx context.Context, name string) (int64, error) {
+	if err := s.checkName("stat", name); err != nil {
+		return 0, err
+	}
+	var size int64
+	err := s.retry(ctx, "stat", name, func(ctx context.Context, _ *s3Attempt) error {
+		info, err := s.client.StatObject(ctx, s.bucket, s.key(name), minio.StatObjectOptions{})
+		size = info.Size
+		return err
+	})
+	if err != nil {
+		return 0, s.objectErr("stat", name, err)
+	}
+	return size, nil
+}
+
+// Delete removes the object. S3 does not report deleting a missing
+// object, but DirStore does (ErrNotFound), and GC relies on one behaviour
+// for both, so Delete checks first; deletes are rare (GC only), so the
+// extra request is cheap.
+func (s *S3Store) Delete(ctx context.Context, name string) error {
+	if err := s.checkName("delete", name); err != nil {
+		return err
+	}
+	if _, err := s.Size(ctx, name); err != nil {
+		return fmt.Errorf("delete object %s: %w", name, err)
+	}
+	err := s.retry(ctx, "delete", name, func(ctx context.Context, _ *s3Attempt) error {
+		return s.client.RemoveObject(ctx, s.bucket, s.key(name), minio.RemoveObjectOptions{})
+	})
+	if err != nil {
+		return s.objectErr("delete", name, err)
+	}
+	return nil
+}
+
+// List returns the objects whose names start with prefix, sorted by name.
+// Keys under the store prefix that are not valid object names (left by
+// other tools) are skipped, as DirStore skips dot files.
+func (s *S3Store) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	err := s.retry(ctx, "list", prefix, func(ctx context.Context, a *s3Attempt) error {
+		out = out[:0]
+		opts := minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}
+		for o := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
+			if o.Err != nil {
+				return o.Err
+			}
+			a.extend(s3RequestTimeout) // a long listing is fine while pages keep coming
+			name, ok := strings.CutPrefix(o.Key, s.prefix)
+			if !ok || !validObjectName(name) {
+				continue
+			}
+			out = append(out, ObjectInfo{Name: name, Size: o.Size})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.scrub(fmt.Errorf("list objects %q in %s: %w", prefix, s, err))
+	}
+	// S3 lists in UTF-8 binary order already; sorting guards against
+	// servers that do not.
+	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// objectErr turns the error of op on name into one that names the object
+// and the endpoint and wraps ErrNotFound or ErrCorrupt where they apply.
+func (s *S3Store) objectErr(op, name string, err error) error {
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
+		return s.scrub(err) // already names the object
+	}
+	where := "s3://" + s.bucket + "/" + s.key(name) + " at " + s.endpoint
+	var gu *s3GaveUpError
+	switch {
+	case errors.As(err, &gu) && gu.last == nil: // canceled before the first attempt
+		return s.scrub(fmt.Errorf("%s object %s: %w", op, name, err))
+	case errors.As(err, &gu):
+		return s.scrub(fmt.Errorf("%s object %s: cannot reach S3 endpoint %s: %w", op, name, s.endpoint, err))
+	case s3Code(err) == minio.NoSuchKey:
+		return s.scrub(fmt.Errorf("%s object %s: %w: %w", op, name, ErrNotFound, err))
+	case s3Code(err) == minio.NoSuchBucket:
+		return s.scrub(fmt.Errorf("%s object %s: bucket %s does not exist at endpoint %s: %w", op, name, s.bucket, s.endpoint, err))
+	case s3AccessDenied(err):
+		return s.scrub(fmt.Errorf("%s object %s: access denied to bucket %s at endpoint %s: check credentials: %w", op, name, s.bucket, s.endpoint, err))
+	case s3Code(err) == "InvalidRange":
+		return s.scrub(fmt.Errorf("%s object %s: range beyond the end of the object: %w: %w", op, name, ErrCorrupt, err))
+	}
+	return s.scrub(fmt.Errorf("%s object %s (%s): %w", op, name, where, err))
+}
+
+func s3AccessDenied(err error) bool {
+	switch s3Code(err) {
+	case minio.AccessDenied, "InvalidAccessKeyId", "SignatureDoesNotMatch", "XAdminUserNotFound":
+		return true
+	}
+	return s3StatusCode(err) == http.StatusForbidden
+}
+
+func s3Code(err error) string {
+	var er minio.ErrorResponse
+	if errors.As(err, &er) {
+		return er.Code
+	}
+	return ""
+}
+
+func s3StatusCode(err error) int {
+	var er minio.ErrorResponse
+	if errors.As(err, &er) {
+		return er.StatusCode
+	}
+	return 0
+}
+
+// s3Transient reports whether a failed request is worth repeating.
+func s3Transient(err error) bool {
+	var er minio.ErrorResponse
+	if errors.As(err, &er) {
+		switch er.Code {
+		case minio.NoSuchKey, minio.NoSuchBucket, minio.AccessDenied, minio.InvalidArgument,
+			"InvalidAccessKeyId", "SignatureDoesNotMatch", "XAdminUserNotFound", "InvalidRange", "InvalidBucketName":
+			return false
+		case "SlowDown", "SlowDownRead", "SlowDownWrite", "InternalError", "ServiceUnavailable",
+			"RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled":
+			return true
+		}
+		return er.StatusCode >= 500 || er.StatusCode == http.StatusTooManyRequests || er.StatusCode == http.StatusRequestTimeout
+	}
+	if errors.Is(err, errS3AttemptTimeout) {
+		return true
+	}
+	return s3NetworkError(err)
+}
+
+// s3NetworkError reports whether err is a connection-level failure that
+// may go away (refused, reset, cut off, timed out), as opposed to a
+// misconfiguration such as TLS against a plain-text server.
+func s3NetworkError(err error) bool {
+	var (
+		cv *tls.CertificateVerificationError
+		rh tls.RecordHeaderError
+		ua x509.UnknownAuthorityError
+		he x509.HostnameError
+		ci x509.CertificateInvalidError
+	)
+	if errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) ||
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return false
+	}
+	if errors.Is(err, context.Canceled) {
+		return false // the caller gave up; retry decides on the caller's ctx
+	}
+	var ne net.Error // includes *url.Error, *net.OpError, *net.DNSError
+	return errors.As(err, &ne) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+var errS3AttemptTimeout = errors.New("S3 request timed out")
+
+// s3Attempt is one try of a request. Its deadline can be pushed back once
+// the size of the transfer is known or while data keeps flowing, so a hung
+// server is caught without cutting off a big but healthy transfer.
+type s3Attempt struct {
+	timer *time.Timer
+}
+
+func (a *s3Attempt) extend(d time.Duration) { a.timer.Reset(d) }
+
+// s3GaveUpError is returned when the caller's context ended while
+// transient faults were being retried.
+type s3GaveUpError struct {
+	attempts int
+	elapsed  time.Duration
+	ctxErr   error
+	last     error
+}
+
+func (e *s3GaveUpError) Error() string {
+	if e.last == nil {
+		return e.ctxErr.Error()
+	}
+	return fmt.Sprintf("gave up after %d attempts in %v: %v; last error: %v",
+		e.attempts, e.elapsed.Round(time.Millisecond), e.ctxErr, e.last)
+}
+
+func (e *s3GaveUpError) Unwrap() []error {
+	if e.last == nil {
+		return []error{e.ctxErr}
+	}
+	return []error{e.ctxErr, e.last}
+}
+
+func (s *S3Store) retry(ctx context.Context, op, name string, fn func(context.Context, *s3Attempt) error) error {
+	return s.retryTimeout(ctx, op, name, s3RequestTimeout, fn)
+}
+
+// retryTimeout runs fn, each attempt first limited to timeout, until it
+// succeeds, fails with an error that repeating will not fix (returned as
+// is), or ctx is done (an *s3GaveUpError).
+func (s *S3Store) retryTimeout(ctx context.Context, op, name string, timeout time.Duration, fn func(context.Context, *s3Attempt) error) error {
+	start := time.Now()
+	backoff := s3BackoffMin
+	var last error
+	for attempt := 1; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return &s3GaveUpError{attempts: attempt - 1, elapsed: time.Since(start), ctxErr: err, last: last}
+		}
+		actx, cancel := context.WithCancelCause(ctx)
+		a := &s3Attempt{timer: time.AfterFunc(timeout, func() { cancel(errS3AttemptTimeout) })}
+		err := fn(actx, a)
+		a.timer.Stop()
+		timedOut := errors.Is(context.Cause(actx), errS3AttemptTimeout)
+		cancel(nil)
+		if err == nil {
+			if attempt > 1 {
+				slog.Info("s3 request succeeded after retries", "op", op, "object", name,
+					"endpoint", s.endpoint, "attempts", attempt, "elapsed", time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if timedOut {
+			err = fmt.Errorf("%w: %w", errS3AttemptTimeout, err)
+		}
+		if ctx.Err() != nil {
+			// An attempt cut short by the caller's deadline says less than
+			// the failure that made us retry.
+			if last == nil || !errors.Is(err, ctx.Err()) {
+				last = err
+			}
+			return &s3GaveUpError{attempts: attempt, elapsed: time.Since(start), ctxErr: ctx.Err(), last: last}
+		}
+		if !s3Transient(err) {
+			return err
+		}
+		last = err
+		if attempt == 1 || attempt%10 == 0 {
+			slog.Warn("s3 request failed, retrying", "op", op, "object", name, "endpoint", s.endpoint,
+				"attempt", attempt, "err", s.scrub(err).Error())
+		}
+		// Up to half random, so that many callers failing together do
+		// not retry in lockstep.
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(sleep)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		backoff = min(2*backoff, s3BackoffMax)
+	}
+}
+
+// redactedError carries an error whose message contained a credential.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// scrub removes credentials from err's message. The secret key never goes
+// on the wire, but the access key does, and a server may echo it back.
+func (s *S3Store) scrub(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	redacted := msg
+	for _, c := range s.redact {
+		redacted = strings.ReplaceAll(redacted, c, "[REDACTED]")
+	}
+	if redacted == msg {
+		return err
+	}
+	return &redactedError{msg: redacted, err: err}
+}
+
+type s3Credentials struct {
+	accessKey, secretKey, sessionToken string
+}
+
+// loadS3Credentials reads file, or the environment if file is empty.
+// Errors never quote a value.
+func loadS3Credentials(file string) (s3Credentials, error) {
+	if file == "" {
+		c := s3Credentials{
+			accessKey:    os.Getenv("AWS_ACCESS_KEY_ID"),
+			secretKey:    os.Getenv("AWS_SECRET_ACCESS_KEY"),
+			sessionToken: os.Getenv("AWS_SESSION_TOKEN"),
+		}
+		if c.accessKey == "" || c.secretKey == "" {
+			return s3Credentials{}, errors.New("S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give a credentials file")
+		}
+		return c, nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file %s: not a regular file", file)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file %s has mode %#o: it must not be accessible by group or others (chmod 600 %s)", file, perm, file)
+	}
+	var c s3Credentials
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(io.LimitReader(f, 64<<10))
+	for line := 1; sc.Scan(); line++ {
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			return s3Credentials{}, fmt.Errorf("S3 credentials file %s line %d: want key=value", file, line)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		var dst *string
+		switch k {
+		case "access_key_id":
+			dst = &c.accessKey
+		case "secret_access_key":
+			dst = &c.secretKey
+		case "session_token":
+			dst = &c.sessionToken
+		default:
+			// A line such as a bare secret with an '=' in it must not be
+			// echoed, so the key is quoted only if it looks like one.
+			if len(k) <= 32 && strings.Trim(k, "abcdefghijklmnopqrstuvwxyz_") == "" {
+				return s3Credentials{}, fmt.Errorf("S3 credentials file %s line %d: unknown key %q (want access_key_id, secret_access_key, session_token)", file, line, k)
+			}
+			return s3Credentials{}, fmt.Errorf("S3 credentials file %s line %d: unknown key (want access_key_id, secret_access_key, session_token)", file, line)
+		}
+		if seen[k] {
+			return s3Credentials{}, fmt.Errorf("S3 credentials file %s line %d: %s given twice", file, line, k)
+		}
+		seen[k] = true
+		*dst = v
+	}
+	if err := sc.Err(); err != nil {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file %s: %w", file, err)
+	}
+	if c.accessKey == "" || c.secretKey == "" {
+		return s3Credentials{}, fmt.Errorf("S3 credentials file %s: want both access_key_id and secret_access_key", file)
+	}
+	return c, nil
+}
