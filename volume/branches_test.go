@@ -70,7 +70,7 @@ func TestBranchIsolationAndAncestry(t *testing.T) {
 	writeFile(t, b, "m", "b-m")
 
 	for _, tc := range []struct {
-		f          *BranchFS
+		f         *BranchFS
 		m, fa, fb string
 	}{
 		{main, "main-2", "<missing>", "<missing>"},
