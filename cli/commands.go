@@ -72,11 +72,12 @@ func volumeFlags() []ucli.Flag {
 		&ucli.IntFlag{Name: "cache-mb", Value: 256, Usage: "block cache size in MiB"},
 		&ucli.IntFlag{Name: "flush-mb", Value: 128, Usage: "memtable size in MiB that triggers a layer flush"},
 		&ucli.IntFlag{Name: "reserve-mb", Value: 256, Usage: "free disk in MiB kept under the data dir; writes past it get ENOSPC"},
+		&ucli.IntFlag{Name: "max-unflushed-mb", Value: 2048, Usage: "data in MiB the log may hold beyond the object store (while it is slow or away) before writes wait"},
 	}
 }
 
 func volumeOptions(c *ucli.Context) (volume.Options, error) {
-	for _, f := range []string{"cache-mb", "flush-mb", "reserve-mb"} {
+	for _, f := range []string{"cache-mb", "flush-mb", "reserve-mb", "max-unflushed-mb"} {
 		if c.Int(f) <= 0 {
 			return volume.Options{}, fmt.Errorf("--%s must be positive, got %d", f, c.Int(f))
 		}
@@ -85,6 +86,7 @@ func volumeOptions(c *ucli.Context) (volume.Options, error) {
 		CacheBytes:   c.Int("cache-mb") << 20,
 		FlushBytes:   int64(c.Int("flush-mb")) << 20,
 		ReserveBytes: int64(c.Int("reserve-mb")) << 20,
+		MaxUnflushed: int64(c.Int("max-unflushed-mb")) << 20,
 	}, nil
 }
 
@@ -279,7 +281,10 @@ func printStatus(st volume.Status) {
 		fmt.Fprintf(w, "disk\tFULL: writes refused with ENOSPC\n")
 	}
 	if st.LastFlushError != "" {
-		fmt.Fprintf(w, "last flush error\t%s\n", st.LastFlushError)
+		fmt.Fprintf(w, "last flush error\t%s (retrying; writes keep committing to the log)\n", st.LastFlushError)
+	}
+	if st.ObjectStoreError != "" {
+		fmt.Fprintf(w, "object store\tUNREACHABLE: %s\n", st.ObjectStoreError)
 	}
 	w.Flush()
 }

@@ -168,6 +168,13 @@ type neonfsTarget struct {
 
 func newNeonfsTarget(t *testing.T) *neonfsTarget {
 	t.Helper()
+	return newNeonfsTargetWith(t, nil, nil)
+}
+
+// newNeonfsTargetWith passes initArgs to neonfs init (an S3 bucket, say)
+// and mountArgs to every neonfs mount.
+func newNeonfsTargetWith(t *testing.T, initArgs, mountArgs []string) *neonfsTarget {
+	t.Helper()
 	bin := neonfsBinary(t)
 	dir := testDir(t, "neonfs")
 	n := &neonfsTarget{
@@ -177,6 +184,7 @@ func newNeonfsTarget(t *testing.T) *neonfsTarget {
 		logPath:      filepath.Join(dir, "neonfs.log"),
 		mountTimeout: envDuration(t, "NEONFS_MOUNT_TIMEOUT", 60*time.Second),
 		stopTimeout:  envDuration(t, "NEONFS_STOP_TIMEOUT", 120*time.Second),
+		extra:        mountArgs,
 	}
 	for _, d := range []string{n.data, n.mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -191,7 +199,7 @@ func newNeonfsTarget(t *testing.T) *neonfsTarget {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, n.bin, "init", "--data", n.data).CombinedOutput()
+	out, err := exec.CommandContext(ctx, n.bin, append([]string{"init", "--data", n.data}, initArgs...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("neonfs init --data %s: %v\n%s", n.data, err, out)
 	}

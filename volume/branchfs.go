@@ -172,6 +172,7 @@ func (f *BranchFS) begin(bytes int) syscall.Errno {
 	if !f.vol.admit(bytes) {
 		return syscall.ENOSPC
 	}
+	f.vol.waitFlushRoom()
 	if err := f.vol.commit.WaitRoom(bytes); err != nil {
 		return syscall.EIO
 	}

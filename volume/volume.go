@@ -61,6 +61,10 @@ type Options struct {
 	// fail with ENOSPC before they are accepted, so nothing accepted is lost
 	// to a full disk.
 	ReserveBytes int64
+	// MaxUnflushed bounds the memtable (what the log holds that no layer
+	// does yet): past it, writes wait for a flush, e.g. while the object
+	// store is unreachable, rather than fill the disk with log.
+	MaxUnflushed int64
 	// NoFlush leaves the memtable alone (for status and other inspection):
 	// no background flushes, no flush on close.
 	NoFlush bool
@@ -81,6 +85,9 @@ func (o *Options) defaults() {
 	}
 	if o.ReserveBytes == 0 {
 		o.ReserveBytes = 256 << 20
+	}
+	if o.MaxUnflushed == 0 {
+		o.MaxUnflushed = max(2<<30, 4*o.FlushBytes)
 	}
 }
 
@@ -423,6 +430,34 @@ func (v *Volume) admit(n int) bool {
 	return true
 }
 
+// waitFlushRoom blocks writers while the memtable is over MaxUnflushed:
+// the object store is behind (or away), and the log should not grow
+// without bound. Writers resume as soon as a flush lands.
+func (v *Volume) waitFlushRoom() {
+	if active, frozen := v.store.MemBytes(); active+frozen <= v.opts.MaxUnflushed || v.opts.NoFlush {
+		return
+	}
+	start := time.Now()
+	slog.Warn("memtable over its bound: writes wait for a flush to the object store", "bound_bytes", v.opts.MaxUnflushed)
+	for {
+		select {
+		case v.flushKick <- struct{}{}:
+		default:
+		}
+		time.Sleep(50 * time.Millisecond)
+		active, frozen := v.store.MemBytes()
+		if active+frozen <= v.opts.MaxUnflushed {
+			slog.Info("memtable back under its bound: writes resume", "waited", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		select {
+		case <-v.stop:
+			return
+		default:
+		}
+	}
+}
+
 func (v *Volume) checkDisk() {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(v.dir, &st); err != nil {
@@ -552,6 +587,8 @@ type Status struct {
 	DiskFull       bool               `json:"disk_full"`
 	Commits        CommitStats        `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
+	// ObjectStoreError says why the object store could not be listed.
+	ObjectStoreError string `json:"object_store_error,omitempty"`
 }
 
 // Status reports the volume's state.
@@ -571,9 +608,13 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 		st.Layers++
 		st.LayerBytes += l.Size
 	}
-	objs, err := v.store.Objects().List(ctx, "")
+	// An unreachable object store is something status reports, not a
+	// reason to hang or fail.
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	objs, err := v.store.Objects().List(lctx, "")
+	cancel()
 	if err != nil {
-		return st, fmt.Errorf("list objects: %w", err)
+		st.ObjectStoreError = err.Error()
 	}
 	for _, o := range objs {
 		st.Objects++
