@@ -60,7 +60,9 @@ func TestPostgresOnS3(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := pg.run(t, 10*time.Minute, "pgbench", "-c", "4", "-j", "2", "-T", "30")
+		// -n: no vacuum, so history is not truncated and the balance
+		// invariants span both runs.
+		out, err := pg.run(t, 10*time.Minute, "pgbench", "-n", "-c", "4", "-j", "2", "-T", "30")
 		done <- result{out, err}
 	}()
 	time.Sleep(15 * time.Second)
@@ -75,7 +77,7 @@ func TestPostgresOnS3(t *testing.T) {
 	if r.err != nil || parseTPS(r.out) <= 0 || strings.Contains(r.out, "ERROR") {
 		t.Fatalf("pgbench during the S3 outage: %v\n%s", r.err, r.out)
 	}
-	t.Logf("pgbench across the outage:%s", pgbenchSummary(r.out))
+	t.Logf("pgbench across the outage: %.0f tps", parseTPS(r.out))
 	// Flushes resume: the memtable drains into S3.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
