@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 	"text/tabwriter"
 
 	"github.com/neonfs/neonfs/blockstore"
@@ -162,20 +163,25 @@ func runMount(c *ucli.Context) error {
 	}
 	fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", rep.Branch, dir, rep.Mountpoint)
 
+	// Shutdown, not Close: the call that unmounted the last mount is
+	// still writing its answer.
+	stopControl := func() {
+		if ctl != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctl.Shutdown(sctx)
+			cancel()
+			ctl = nil
+		}
+	}
 	select {
 	case <-ctx.Done():
 		slog.Info("signal received: unmounting everything", "data", dir)
-		if ctl != nil {
-			ctl.Close()
-			ctl = nil
-		}
+		stopControl()
 		d.shutdown()
 	case <-d.idle:
 		slog.Info("last mount gone: closing the volume", "data", dir)
 	}
-	if ctl != nil {
-		ctl.Close()
-	}
+	stopControl()
 	if err := vol.Close(); err != nil {
 		return fmt.Errorf("close volume: %w", err)
 	}

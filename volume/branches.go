@@ -27,7 +27,7 @@ type BranchInfo struct {
 	Created  time.Time  `json:"created"`
 	Depth    int        `json:"depth"` // in the tree: 0 for the root
 	// LogicalBytes is the size of the files the branch shows.
-	LogicalBytes int64 `json:"logical_bytes"`
+	LogicalBytes int64 `json:"logical_bytes"` // listings only
 	// UniqueBytes is what the branch wrote itself: what it costs beyond
 	// the history it shares with its ancestors.
 	UniqueBytes int64    `json:"unique_bytes"`
@@ -87,7 +87,7 @@ func (v *Volume) resolvePoint(point string, b *snapshot.Branch) (uint64, error) 
 		return 0, err
 	}
 	tl := v.fsm.timelineClone()
-	applied := v.store.Applied()
+	applied := max(v.fsm.applied.Load(), v.store.Applied())
 	if lsn == 0 {
 		if t.After(now) {
 			return 0, fmt.Errorf("point %s is in the future", t.UTC().Format(time.RFC3339))
@@ -136,6 +136,12 @@ func (v *Volume) applyBranchOp(op branchOp) (uint32, error) {
 // running database carries its parent's pid file; Postgres on the branch
 // would see the parent postmaster alive and refuse to start.
 func (v *Volume) stalePidFiles(ctx context.Context, lineage []blockstore.ReadPoint) ([]direntRef, error) {
+	if lineage[0].MaxLSN == math.MaxUint64 {
+		if m := v.writer(lineage[0].Branch); m != nil {
+			// The live namespace is in memory: no need to scan the block map.
+			return m.pidFiles(), nil
+		}
+	}
 	pg := map[uint64]bool{}
 	var pids []direntRef
 	err := v.store.ScanLatest(ctx, lineage, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindInode},
@@ -229,12 +235,19 @@ func (v *Volume) notMounted(b *snapshot.Branch) error {
 	return nil
 }
 
-func oldName(name string) string {
+// oldName names the state a reset or restore leaves behind, unique in tree.
+func oldName(tree *snapshot.Tree, name string) string {
 	suffix := "_old_" + time.Now().UTC().Format("20060102T150405Z")
-	if len(name)+len(suffix) > 63 {
-		name = name[:63-len(suffix)]
+	if len(name)+len(suffix) > 60 {
+		name = name[:60-len(suffix)]
 	}
-	return name + suffix
+	out := name + suffix
+	for i := 2; ; i++ {
+		if _, taken := tree.ByName(out); !taken {
+			return out
+		}
+		out = fmt.Sprintf("%s%s-%d", name, suffix, i)
+	}
 }
 
 // ResetBranch moves branch name to its parent's latest state. The previous
@@ -255,7 +268,7 @@ func (v *Volume) ResetBranch(ctx context.Context, name string, preserve bool) (R
 	}
 	op := branchOp{Op: opReplace, Name: name}
 	if preserve {
-		op.OldName = oldName(name)
+		op.OldName = oldName(tree, name)
 	}
 	var err error
 	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(b.Parent, math.MaxUint64)); err != nil {
@@ -287,7 +300,7 @@ func (v *Volume) RestoreBranch(ctx context.Context, name, point string, preserve
 	}
 	op := branchOp{Op: opReplace, Name: name, At: lsn, ParentIsOld: true}
 	if preserve {
-		op.OldName = oldName(name)
+		op.OldName = oldName(tree, name)
 	}
 	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(b.ID, lsn)); err != nil {
 		return ReplaceResult{}, err
@@ -326,7 +339,7 @@ func (v *Volume) ListBranches(ctx context.Context) ([]BranchInfo, error) {
 	unique := v.store.BranchBytes()
 	out := make([]BranchInfo, 0, len(order))
 	for _, b := range order {
-		info, err := v.describe(ctx, tree, b, unique)
+		info, err := v.describe(ctx, tree, b, unique, true)
 		if err != nil {
 			return nil, err
 		}
@@ -342,10 +355,16 @@ func (v *Volume) branchInfo(ctx context.Context, id uint32, sizes bool) (BranchI
 	if b == nil {
 		return BranchInfo{}, fmt.Errorf("branch %d vanished", id)
 	}
-	return v.describe(ctx, tree, b, v.store.BranchBytes())
+	info, err := v.describe(ctx, tree, b, v.store.BranchBytes(), sizes)
+	for p := tree.Branches[b.Parent]; p != nil; p = tree.Branches[p.Parent] {
+		info.Depth++
+	}
+	return info, err
 }
 
-func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.Branch, unique map[uint32]int64) (BranchInfo, error) {
+// describe fills in a BranchInfo; sizes adds the logical size, which
+// costs a scan of the branch's inodes.
+func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.Branch, unique map[uint32]int64, sizes bool) (BranchInfo, error) {
 	info := BranchInfo{ID: b.ID, Name: b.Name, ParentID: b.Parent, Created: b.Created, UniqueBytes: unique[b.ID]}
 	if p := tree.Branches[b.Parent]; p != nil {
 		info.Parent = p.Name
@@ -362,6 +381,9 @@ func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.
 			}
 			info.Mounted = append(info.Mounted, w)
 		}
+	}
+	if !sizes {
+		return info, nil
 	}
 	if m := v.writer(b.ID); m != nil {
 		_, n := m.Counts()
@@ -512,7 +534,7 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 		return Diff{}, fmt.Errorf("no branch %q", b)
 	}
 	linA, linB := tree.Lineage(ba.ID, math.MaxUint64), tree.Lineage(bb.ID, math.MaxUint64)
-	applied := v.store.Applied()
+	applied := max(v.fsm.applied.Load(), v.store.Applied())
 	for _, lin := range [][]blockstore.ReadPoint{linA, linB} {
 		lin[0].MaxLSN = applied // a live branch reads up to what is applied
 	}

@@ -115,6 +115,26 @@ func (f *BranchFS) load(ctx context.Context) error {
 // Name is the branch's name.
 func (f *BranchFS) Name() string { return f.name }
 
+// pidFiles lists postmaster.pid entries of Postgres data directories
+// (those holding PG_VERSION) in the live namespace.
+func (f *BranchFS) pidFiles() []direntRef {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []direntRef
+	for ino, n := range f.nodes {
+		if n.children == nil {
+			continue
+		}
+		if _, pg := n.children["PG_VERSION"]; !pg {
+			continue
+		}
+		if _, ok := n.children["postmaster.pid"]; ok {
+			out = append(out, direntRef{Dir: ino, Name: "postmaster.pid"})
+		}
+	}
+	return out
+}
+
 // SetMountpoint records where the branch is served.
 func (f *BranchFS) SetMountpoint(m string) {
 	f.vol.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -24,6 +25,7 @@ type fsm struct {
 	tree     *snapshot.Tree
 	timeline *snapshot.Timeline
 	maxIno   uint64
+	applied  atomic.Uint64 // the last log entry applied, of any type
 }
 
 func newFSM(store *blockstore.Store) *fsm {
@@ -33,6 +35,7 @@ func newFSM(store *blockstore.Store) *fsm {
 
 // Apply returns nil or an error; the proposer sees it as the response.
 func (f *fsm) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	if l.Type != raft.LogCommand {
 		return nil
 	}
@@ -282,6 +285,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.tree, f.maxIno, f.timeline = tree, maxIno, timeline
+	f.applied.Store(max(f.applied.Load(), f.store.Applied()))
 	f.mu.Unlock()
 	return nil
 }

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Branch creation cost and first query on a new branch, at several database
+# sizes, with the ratio: creating a branch should cost the same at any size.
+#
+#   sudo bench/branch.sh
+#   sudo SCALES=5 bench/branch.sh            # small only
+#
+# For each pgbench scale: init a volume, mount it (the daemon), initdb and
+# start Postgres on it, `pgbench -i -s SCALE`; then, with Postgres running,
+# time `neonfs branch create` $RUNS times (each a new name; the command goes
+# to the running daemon over its control socket) and report the median and
+# p90; then time the first query on a new branch once: `neonfs mount
+# --branch` (handed to the daemon) + Postgres starting on it (crash recovery)
+# + the first `SELECT count(*) FROM pgbench_branches` returning. Everything
+# (Postgres servers, the daemon, mounts, the temp dir) is cleaned up on exit.
+#
+# Environment: SCALES ("5 130"), RUNS (10), NEONFS_BIN (build from the
+# repo), PGBIN (/usr/lib/postgresql/15/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALES=${SCALES:-"5 130"}
+RUNS=${RUNS:-10}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system and runs Postgres as postgres)" >&2; exit 1; }
+for b in initdb pg_ctl pgbench psql; do
+	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
+done
+[ "$RUNS" -ge 1 ] 2>/dev/null || { echo "bench: RUNS=$RUNS: want a positive count" >&2; exit 1; }
+
+WORK=$(mktemp -d /var/tmp/neonfs-branch-bench.XXXXXX)
+chmod 0755 "$WORK"
+SOCK=$WORK/sock
+LOGS=$WORK/logs
+mkdir -m 0755 "$SOCK" "$LOGS"
+chown postgres:postgres "$SOCK" "$LOGS"
+
+DAEMON_PID=""
+PGDATAS=()
+
+# mounts_under DIR: mountpoints beneath DIR, innermost first.
+mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
+
+stop_postgres() {
+	local d=$1 pid
+	[ -f "$d/postmaster.pid" ] || return 0
+	pid=$(head -n 1 "$d/postmaster.pid" 2>/dev/null)
+	(cd / && timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" stop -D "$d" -m immediate -w -t 30 >/dev/null 2>&1)
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		pkill -KILL -P "$pid" 2>/dev/null || true
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	return 0
+}
+
+stop_daemon() {
+	[ -n "$DAEMON_PID" ] || return 0
+	if kill -0 "$DAEMON_PID" 2>/dev/null; then
+		kill -TERM "$DAEMON_PID"
+		for _ in $(seq 1 600); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$DAEMON_PID" 2>/dev/null || true
+	fi
+	wait "$DAEMON_PID" 2>/dev/null || echo "bench: warning: neonfs did not exit 0 on SIGTERM" >&2
+	DAEMON_PID=""
+}
+
+cleanup() {
+	local rc=$? d m
+	set +e
+	# Servers on branches first, then main's: all before their mounts go.
+	for ((i = ${#PGDATAS[@]} - 1; i >= 0; i--)); do stop_postgres "${PGDATAS[i]}"; done
+	stop_daemon
+	for m in $(mounts_under "$WORK"); do
+		umount -l "$m" || fusermount3 -uz "$m"
+	done
+	if [ -z "$(mounts_under "$WORK")" ]; then
+		rm -rf "$WORK"
+	else
+		echo "bench: leaving $WORK: something is still mounted beneath it" >&2
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+	local port=$((20000 + RANDOM % 20000))
+	while ! port_free "$port"; do port=$((port + 1)); done
+	echo "$port"
+}
+
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# pg_start PGDATA PORT LOG
+pg_start() {
+	as_postgres "$PGBIN/pg_ctl" start -D "$1" -l "$2" -w -t 600 \
+		-o "-c port=$3 -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB" >/dev/null
+}
+
+pg_stop() { as_postgres "$PGBIN/pg_ctl" stop -D "$1" -m fast -w -t 600 >/dev/null; }
+
+psql_at() { as_postgres "$PGBIN/psql" -X -q -A -t -h "$SOCK" -p "$1" -U postgres -d postgres -c "$2"; }
+
+# quantile Q: the Q-quantile (nearest rank) of the numbers on stdin.
+quantile() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { r = int(q * NR + 0.999999); if (r < 1) r = 1; print v[r] }'; }
+
+if [ -n "${NEONFS_BIN:-}" ]; then
+	BIN=$(realpath "$NEONFS_BIN")
+else
+	echo "bench: building neonfs" >&2
+	go build -o "$WORK/neonfs" .
+	BIN=$WORK/neonfs
+fi
+
+declare -A MEDIAN P90 DBSIZE MOUNT_MS START_MS QUERY_MS FIRST_MS
+
+# bench_scale SCALE: fills the arrays above for SCALE.
+bench_scale() {
+	local scale=$1 dir vol mnt pgdata port bmnt bpgdata bport t0 t1 t2 t3 i times=() n
+	dir=$WORK/s$scale
+	vol=$dir/volume
+	mnt=$dir/mnt
+	mkdir -m 0755 "$dir" "$mnt"
+	"$BIN" init --data "$vol" >/dev/null
+	"$BIN" mount --data "$vol" "$mnt" >"$LOGS/neonfs-s$scale.log" 2>&1 &
+	DAEMON_PID=$!
+	for _ in $(seq 1 600); do
+		mountpoint -q "$mnt" && break
+		kill -0 "$DAEMON_PID" 2>/dev/null || { echo "bench: neonfs mount exited:" >&2; cat "$LOGS/neonfs-s$scale.log" >&2; exit 1; }
+		sleep 0.1
+	done
+	mountpoint -q "$mnt" || { echo "bench: $mnt not mounted after 60s" >&2; cat "$LOGS/neonfs-s$scale.log" >&2; exit 1; }
+
+	pgdata=$mnt/pgdata
+	mkdir "$pgdata"
+	chown postgres:postgres "$pgdata"
+	chmod 0700 "$pgdata"
+	PGDATAS+=("$pgdata")
+	port=$(free_port)
+	echo "bench[s$scale]: initdb and pgbench -i -s $scale" >&2
+	as_postgres "$PGBIN/initdb" -D "$pgdata" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
+	pg_start "$pgdata" "$LOGS/postgres-s$scale.log" "$port"
+	t0=$SECONDS
+	as_postgres "$PGBIN/pgbench" -i -s "$scale" -q -h "$SOCK" -p "$port" -U postgres postgres >/dev/null 2>&1
+	DBSIZE[$scale]=$(psql_at "$port" "SELECT pg_size_pretty(pg_database_size('postgres'))")
+	echo "bench[s$scale]: init took $((SECONDS - t0))s, database ${DBSIZE[$scale]}; $RUNS branch creates" >&2
+
+	for i in $(seq 1 "$RUNS"); do
+		t0=$(now_ms)
+		"$BIN" branch create --data "$vol" "b$i" >/dev/null
+		t1=$(now_ms)
+		times+=($((t1 - t0)))
+	done
+	MEDIAN[$scale]=$(printf '%s\n' "${times[@]}" | quantile 0.5)
+	P90[$scale]=$(printf '%s\n' "${times[@]}" | quantile 0.9)
+	echo "bench[s$scale]: branch create ms: ${times[*]}" >&2
+
+	echo "bench[s$scale]: first query on branch b1" >&2
+	bmnt=$dir/b1
+	mkdir -m 0755 "$bmnt"
+	bpgdata=$bmnt/pgdata
+	bport=$(free_port)
+	t0=$(now_ms)
+	"$BIN" mount --data "$vol" --branch b1 "$bmnt" >/dev/null
+	t1=$(now_ms)
+	PGDATAS+=("$bpgdata")
+	pg_start "$bpgdata" "$LOGS/postgres-s$scale-b1.log" "$bport"
+	t2=$(now_ms)
+	n=$(psql_at "$bport" "SELECT count(*) FROM pgbench_branches")
+	t3=$(now_ms)
+	[ "$n" = "$scale" ] || { echo "bench: pgbench_branches on the branch has $n rows, want $scale" >&2; exit 1; }
+	MOUNT_MS[$scale]=$((t1 - t0))
+	START_MS[$scale]=$((t2 - t1))
+	QUERY_MS[$scale]=$((t3 - t2))
+	FIRST_MS[$scale]=$((t3 - t0))
+
+	pg_stop "$bpgdata"
+	"$BIN" unmount --data "$vol" "$bmnt" >/dev/null
+	pg_stop "$pgdata"
+	PGDATAS=()
+	stop_daemon
+	rm -rf "$dir"
+}
+
+for s in $SCALES; do
+	bench_scale "$s"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo
+echo "neonfs branch create ($RUNS runs per scale, Postgres running) and first query on a new branch"
+printf '%6s %10s %12s %12s %10s %10s %10s %12s\n' scale "db size" "create p50" "create p90" mount "pg start" "1st query" "1st total"
+for s in $SCALES; do
+	printf '%6s %10s %10s ms %9s ms %7s ms %7s ms %7s ms %9s ms\n' "$s" "${DBSIZE[$s]}" "${MEDIAN[$s]}" "${P90[$s]}" \
+		"${MOUNT_MS[$s]}" "${START_MS[$s]}" "${QUERY_MS[$s]}" "${FIRST_MS[$s]}"
+done
+read -r -a scales <<<"$SCALES"
+first=${scales[0]} last=${scales[${#scales[@]} - 1]}
+if [ "$first" != "$last" ]; then
+	echo "ratio of create medians, scale $last / scale $first: $(ratio "${MEDIAN[$last]}" "${MEDIAN[$first]}")"
+	echo "ratio of first-query totals, scale $last / scale $first: $(ratio "${FIRST_MS[$last]}" "${FIRST_MS[$first]}")"
+fi
