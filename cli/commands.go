@@ -10,8 +10,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 	"text/tabwriter"
+	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/volume"
@@ -23,7 +23,9 @@ func initCommand() *ucli.Command {
 		Name:      "init",
 		Usage:     "create an empty volume with a branch named main",
 		ArgsUsage: " ",
-		Flags: []ucli.Flag{dataFlag,
+		Flags: []ucli.Flag{
+			// No default: creating a volume somewhere implicit would surprise.
+			&ucli.StringFlag{Name: "data", Usage: "volume data directory to create", Required: true, EnvVars: []string{"NEONFS_DATA"}},
 			&ucli.StringFlag{Name: "s3", Usage: "keep objects in S3 at s3://bucket/prefix instead of DATA/objects"},
 			&ucli.StringFlag{Name: "s3-endpoint", Usage: "S3 endpoint host:port (with --s3)"},
 			&ucli.StringFlag{Name: "s3-region", Usage: "S3 region (default: ask the server)"},
@@ -123,11 +125,11 @@ func runMount(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := volume.ReadConfig(dir); err != nil {
-		return err
-	}
 	// Check the mountpoint before replaying the log: a bad path should fail fast.
 	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	if _, err := volume.ReadConfig(dir); err != nil {
 		return err
 	}
 	req := mountRequest{Branch: c.String("branch"), At: c.String("at"), Mountpoint: mnt, Writeback: c.Bool("writeback-cache")}

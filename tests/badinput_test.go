@@ -91,7 +91,7 @@ func TestBadInput(t *testing.T) {
 		{"mountpoint missing", "mountpoint", []string{"mount", "--data", n.data, p("nosuch")}},
 		{"mountpoint is a file", "not a directory", []string{"mount", "--data", n.data, p("file")}},
 		{"mountpoint already mounted", "already mounted", []string{"mount", "--data", p("notvol"), n.mnt}},
-		{"volume already mounted", "already open by process", []string{"mount", "--data", n.data, p("mnt2")}},
+		{"volume already mounted", `branch "main" is already mounted at`, []string{"mount", "--data", n.data, p("mnt2")}},
 		{"negative cache size", "--cache-mb must be positive", []string{"mount", "--cache-mb", "-1", "--data", n.data, p("mnt2")}},
 		{"unknown log level", "--log-level", []string{"--log-level", "loud", "status", "--data", n.data}},
 		{"status of a non-volume", "not a neonfs volume", []string{"status", "--data", p("notvol")}},
