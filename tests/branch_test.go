@@ -278,8 +278,8 @@ func newBranchTarget(t *testing.T) (*neonfsTarget, volumeCLI) {
 	return n, cliFor(t, n)
 }
 
-// postgresOn is a Postgres whose data directory, dir/pgdata, already exists
-// (on a branch) and needs no initdb. It gets its own port, socket directory
+// postgresOn is a Postgres for the data directory dir/pgdata, which exists
+// already (on a branch) or is created by initPostgres. It gets its own port, socket directory
 // and log. Its cleanup stops the server; create it after the mount it runs
 // on, so that the cleanup runs before the unmount.
 func postgresOn(t *testing.T, dir string) *Postgres {

@@ -73,33 +73,16 @@ func freePort(t *testing.T) int {
 func initPostgres(t *testing.T, dir string) *Postgres {
 	t.Helper()
 	requirePostgres(t)
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	p := &Postgres{
-		BinDir: pgBinDir(),
-		Data:   filepath.Join(dir, "pgdata"),
-		RunDir: testDir(t, "pgrun"),
-		Port:   freePort(t),
-		uid:    uid,
-		gid:    gid,
-	}
-	if err := os.Chown(p.RunDir, uid, gid); err != nil {
-		t.Fatal(err)
-	}
+	p := postgresOn(t, dir)
 	if err := os.Mkdir(p.Data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(p.Data, uid, gid); err != nil {
+	if err := os.Chown(p.Data, p.uid, p.gid); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(p.Data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.cleanup(t) })
 
 	start := time.Now()
 	out, err := p.run(t, 5*time.Minute, "initdb", "-D", p.Data, "-U", "postgres",

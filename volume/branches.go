@@ -224,11 +224,7 @@ func (v *Volume) notMounted(b *snapshot.Branch) error {
 	if ms := v.mountsReading(b.ID); len(ms) > 0 {
 		var where []string
 		for _, m := range ms {
-			w := strings.TrimPrefix(m.where(), " at ")
-			if w == "" {
-				w = m.name
-			}
-			where = append(where, w)
+			where = append(where, m.place())
 		}
 		return fmt.Errorf("branch %q is mounted (%s): unmount it first", b.Name, strings.Join(where, ", "))
 	}
@@ -375,11 +371,7 @@ func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.
 	}
 	for _, m := range v.mountsReading(b.ID) {
 		if m.branch == b.ID {
-			w := strings.TrimPrefix(m.where(), " at ")
-			if w == "" {
-				w = "(in use)"
-			}
-			info.Mounted = append(info.Mounted, w)
+			info.Mounted = append(info.Mounted, m.place())
 		}
 	}
 	if !sizes {
@@ -542,7 +534,6 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 	blocks := map[uint64]int64{}
 	touched := map[uint64]bool{}
 	checked := map[blockstore.Key]bool{} // a key may have been written on several branches
-	var checkErr error
 	for br, r := range divergence(linA, linB) {
 		err := v.store.KeysWritten(ctx, br, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindBlock + 1}, r[0], r[1],
 			func(k blockstore.Key) error {
@@ -580,12 +571,8 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 				return nil
 			})
 		if err != nil {
-			checkErr = err
-			break
+			return d, fmt.Errorf("diff %s %s: %w", a, b, err)
 		}
-	}
-	if checkErr != nil {
-		return d, fmt.Errorf("diff %s %s: %w", a, b, checkErr)
 	}
 	nsA, err := v.namespace(ctx, linA)
 	if err != nil {

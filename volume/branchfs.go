@@ -142,14 +142,15 @@ func (f *BranchFS) SetMountpoint(m string) {
 	f.vol.mu.Unlock()
 }
 
-// where describes the mount for error messages.
-func (f *BranchFS) where() string {
+// place names the mount for messages: its mountpoint, or its name when it
+// is served in-process.
+func (f *BranchFS) place() string {
 	f.vol.mu.Lock()
 	defer f.vol.mu.Unlock()
 	if f.mountpoint == "" {
-		return ""
+		return f.name
 	}
-	return " at " + f.mountpoint
+	return f.mountpoint
 }
 
 // ReadOnly reports whether writes return EROFS.

@@ -336,7 +336,7 @@ func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
 		return nil, fmt.Errorf("no branch %q", name)
 	}
 	if m := v.writer(b.ID); m != nil {
-		return nil, fmt.Errorf("branch %q is already mounted%s", name, m.where())
+		return nil, fmt.Errorf("branch %q is already mounted at %s", name, m.place())
 	}
 	f := &BranchFS{vol: v, branch: b.ID, name: name, lineage: tree.Lineage(b.ID, math.MaxUint64)}
 	if err := f.load(ctx); err != nil {
