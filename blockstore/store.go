@@ -12,6 +12,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/VictoriaMetrics/fastcache"
 )
@@ -34,6 +35,7 @@ type ReadPoint struct {
 type Store struct {
 	objects ObjectStore
 	cache   *fastcache.Cache
+	gen     atomic.Uint64 // writer generation, part of every new layer's name
 
 	mu      sync.RWMutex
 	segs    []*segment  // oldest first; the last is the active one. Replaced, never mutated in place.
@@ -118,12 +120,17 @@ func (s *Store) MemBytes() (active, frozen int64) {
 	return active, frozen
 }
 
-// LayerName is the object name of the layer covering (minLSN, maxLSN]. It
-// is a function of the range, so re-uploading after a crash between upload
-// and commit rewrites the same object with the same bytes.
-func LayerName(minLSN, maxLSN uint64) string {
-	return fmt.Sprintf("layers/%020d-%020d.layer", minLSN, maxLSN)
+// LayerName is the object name of the layer covering (minLSN, maxLSN]
+// written by generation gen. Two writers of one bucket (a volume and its
+// restored copy) have different generations, so they never overwrite each
+// other's layers; one writer re-uploading after a crash between upload and
+// commit rewrites the same object with the same bytes.
+func LayerName(minLSN, maxLSN, gen uint64) string {
+	return fmt.Sprintf("layers/%020d-%020d-g%d.layer", minLSN, maxLSN, gen)
 }
+
+// SetGeneration sets the generation named by the layers written from now on.
+func (s *Store) SetGeneration(gen uint64) { s.gen.Store(gen) }
 
 // WriteLayer encodes every frozen segment ending at or before upTo into one
 // layer object and uploads it. It does not change the store: the layer
@@ -147,7 +154,7 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 	if err != nil {
 		return LayerMeta{}, false, fmt.Errorf("encode layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
-	name := LayerName(minLSN, maxLSN)
+	name := LayerName(minLSN, maxLSN, s.gen.Load())
 	if err := s.objects.Put(ctx, name, data); err != nil {
 		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)
 	}
@@ -432,6 +439,15 @@ func (s *Store) Capture() *Capture {
 	defer s.mu.Unlock()
 	s.freezeLocked(s.applied)
 	return &Capture{segs: s.segs[:len(s.segs)-1], layers: s.layers, applied: s.applied}
+}
+
+// LayerCapture captures only the layer list, as of applied: the state an
+// object store alone can restore (a remote manifest). The caller vouches
+// that the layers hold everything up to applied.
+func (s *Store) LayerCapture(applied uint64) *Capture {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return &Capture{layers: s.layers, applied: applied}
 }
 
 // Write writes the captured layer list and every memtable version.

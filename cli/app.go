@@ -38,6 +38,7 @@ func App() *ucli.App {
 		},
 		Commands: []*ucli.Command{
 			initCommand(),
+			restoreCommand(),
 			mountCommand(),
 			unmountCommand(),
 			statusCommand(),

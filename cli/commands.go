@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -23,48 +24,108 @@ func initCommand() *ucli.Command {
 		Name:      "init",
 		Usage:     "create an empty volume with a branch named main",
 		ArgsUsage: " ",
-		Flags: []ucli.Flag{
+		Flags: append([]ucli.Flag{
 			// No default: creating a volume somewhere implicit would surprise.
 			&ucli.StringFlag{Name: "data", Usage: "volume data directory to create", Required: true, EnvVars: []string{"NEONFS_DATA"}},
 			&ucli.StringFlag{Name: "s3", Usage: "keep objects in S3 at s3://bucket/prefix instead of DATA/objects"},
-			&ucli.StringFlag{Name: "s3-endpoint", Usage: "S3 endpoint host:port (with --s3)"},
-			&ucli.StringFlag{Name: "s3-region", Usage: "S3 region (default: ask the server)"},
-			&ucli.BoolFlag{Name: "s3-tls", Value: true, Usage: "use TLS to reach the endpoint"},
-			&ucli.StringFlag{Name: "s3-credentials", Usage: "file (mode 0600) with access_key_id= and secret_access_key= lines; default: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment"},
-		},
+		}, s3Flags()...),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
 			dir := c.String("data")
 			var o volume.InitOptions
-			if u := c.String("s3"); u != "" {
-				bucket, prefix, err := blockstore.ParseS3URL(u)
-				if err != nil {
-					return err
-				}
-				if c.String("s3-endpoint") == "" {
-					return fmt.Errorf("--s3 needs --s3-endpoint host:port")
-				}
-				cred := c.String("s3-credentials")
-				if cred != "" {
-					if cred, err = filepath.Abs(cred); err != nil {
-						return err
-					}
-				}
-				o.S3 = &blockstore.S3Config{Endpoint: c.String("s3-endpoint"), Bucket: bucket, Prefix: prefix,
-					Region: c.String("s3-region"), Secure: c.Bool("s3-tls"), CredentialsFile: cred}
-			} else {
-				for _, f := range []string{"s3-endpoint", "s3-region", "s3-credentials"} {
-					if c.IsSet(f) {
-						return fmt.Errorf("--%s needs --s3", f)
-					}
-				}
+			var err error
+			if o.S3, err = s3Config(c, c.String("s3"), "--s3"); err != nil {
+				return err
 			}
 			if err := volume.InitWith(c.Context, dir, o); err != nil {
 				return fmt.Errorf("init %s: %w", dir, err)
 			}
 			fmt.Printf("created volume %s with branch main\n", dir)
+			return nil
+		},
+	}
+}
+
+func s3Flags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.StringFlag{Name: "s3-endpoint", Usage: "S3 endpoint host:port"},
+		&ucli.StringFlag{Name: "s3-region", Usage: "S3 region (default: ask the server)"},
+		&ucli.BoolFlag{Name: "s3-tls", Value: true, Usage: "use TLS to reach the endpoint"},
+		&ucli.StringFlag{Name: "s3-credentials", Usage: "file (mode 0600) with access_key_id= and secret_access_key= lines; default: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment"},
+	}
+}
+
+// s3Config builds the S3 settings for url (s3://bucket/prefix) from the
+// s3-* flags; with url empty it returns nil and refuses stray s3-* flags.
+func s3Config(c *ucli.Context, url, flag string) (*blockstore.S3Config, error) {
+	if url == "" {
+		for _, f := range []string{"s3-endpoint", "s3-region", "s3-credentials"} {
+			if c.IsSet(f) {
+				return nil, fmt.Errorf("--%s needs %s s3://bucket/prefix", f, flag)
+			}
+		}
+		return nil, nil
+	}
+	bucket, prefix, err := blockstore.ParseS3URL(url)
+	if err != nil {
+		return nil, err
+	}
+	if c.String("s3-endpoint") == "" {
+		return nil, fmt.Errorf("%s s3://... needs --s3-endpoint host:port", flag)
+	}
+	cred := c.String("s3-credentials")
+	if cred != "" {
+		if cred, err = filepath.Abs(cred); err != nil {
+			return nil, err
+		}
+	}
+	return &blockstore.S3Config{Endpoint: c.String("s3-endpoint"), Bucket: bucket, Prefix: prefix,
+		Region: c.String("s3-region"), Secure: c.Bool("s3-tls"), CredentialsFile: cred}, nil
+}
+
+func restoreCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "restore",
+		Usage:     "rebuild a volume from its object store alone (after losing the data dir)",
+		ArgsUsage: " ",
+		Description: "Reads the newest manifest in the object store and creates a volume in --data\n" +
+			"holding everything flushed there: every branch, up to the manifest's LSN. What the\n" +
+			"lost log held beyond it is gone. The restored volume takes the store over: the\n" +
+			"volume that wrote it, if it still runs, stops publishing manifests and deleting objects.",
+		Flags: append([]ucli.Flag{
+			&ucli.StringFlag{Name: "data", Usage: "volume data directory to create", Required: true, EnvVars: []string{"NEONFS_DATA"}},
+			&ucli.StringFlag{Name: "from", Usage: "s3://bucket/prefix, or a local object directory", Required: true},
+			&ucli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+		}, s3Flags()...),
+		Action: func(c *ucli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			dir, from := c.String("data"), c.String("from")
+			o := volume.RestoreOptions{Progress: func(format string, args ...any) {
+				fmt.Fprintf(os.Stderr, "restore: "+format+"\n", args...)
+			}}
+			var err error
+			if strings.HasPrefix(from, "s3://") {
+				o.S3, err = s3Config(c, from, "--from")
+			} else {
+				o.Objects = from
+				_, err = s3Config(c, "", "--from")
+			}
+			if err != nil {
+				return err
+			}
+			res, err := volume.Restore(c.Context, dir, o)
+			if err != nil {
+				return fmt.Errorf("restore %s from %s: %w", dir, from, err)
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(os.Stdout).Encode(res)
+			}
+			fmt.Printf("restored volume %s from %s: LSN %d, %d layers (%d bytes), %d branches\n",
+				dir, res.Manifest, res.LSN, res.Layers, res.Bytes, len(res.Branches))
 			return nil
 		},
 	}

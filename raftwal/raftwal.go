@@ -95,6 +95,41 @@ func Bootstrap(cfg Config) error {
 	return nil
 }
 
+// BootstrapFromSnapshot creates a single-voter log in cfg.Dir whose only
+// content is a snapshot at index holding data (an FSM snapshot): the log of
+// a volume rebuilt from its object store. New entries follow index.
+func BootstrapFromSnapshot(cfg Config, index uint64, data []byte) error {
+	if err := os.MkdirAll(walDir(cfg.Dir), 0o700); err != nil {
+		return fmt.Errorf("create log dir: %w", err)
+	}
+	store, err := openWAL(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir(cfg.Dir), 2, hlog())
+	if err != nil {
+		return fmt.Errorf("create snapshot store: %w", err)
+	}
+	_, trans := raft.NewInmemTransport(localAddr)
+	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(cfg.id()), Address: localAddr}}}
+	sink, err := snaps.Create(raft.SnapshotVersionMax, index, 1, conf, 1, trans)
+	if err != nil {
+		return fmt.Errorf("create snapshot: %w", err)
+	}
+	if _, err := sink.Write(data); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	if err := store.SetUint64([]byte("CurrentTerm"), 1); err != nil {
+		return fmt.Errorf("write term: %w", err)
+	}
+	return nil
+}
+
 func raftConfig(cfg Config) *raft.Config {
 	c := raft.DefaultConfig()
 	c.LocalID = raft.ServerID(cfg.id())

@@ -64,7 +64,13 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.mu.Unlock()
 	case entryFreeze:
 		f.store.Freeze(l.Index)
-		return l.Index
+		// The flusher publishes this state with the layer it is cutting:
+		// the tree and timeline as of the layer's last LSN.
+		hdr, tree, err := f.header()
+		if err != nil {
+			return err
+		}
+		return frozen{lsn: l.Index, header: hdr, tree: tree}
 	case entryLayer:
 		f.store.AddLayer(rec.Layer)
 	case entryBranch:
@@ -204,47 +210,63 @@ func (f *fsm) inoHighWater() uint64 {
 	return f.maxIno
 }
 
+// frozen is the FSM's answer to a freeze entry.
+type frozen struct {
+	lsn    uint64
+	header []byte // the non-store part of a snapshot, as of lsn
+	tree   []byte // the branch tree in it
+}
+
 type fsmSnapshot struct {
-	tree     []byte
-	timeline []byte
-	maxIno   uint64
-	store    *blockstore.Capture
+	header []byte
+	store  *blockstore.Capture
+}
+
+// header encodes what a snapshot holds besides the store: the inode
+// high-water mark, the branch tree and the timeline.
+func (f *fsm) header() (hdr, tree []byte, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tree, err = f.tree.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	hdr = binary.AppendUvarint(hdr, f.maxIno)
+	hdr = binary.AppendUvarint(hdr, uint64(len(tree)))
+	hdr = append(hdr, tree...)
+	tl := f.timeline.AppendBinary(nil)
+	hdr = binary.AppendUvarint(hdr, uint64(len(tl)))
+	return append(hdr, tl...), tree, nil
 }
 
 // Snapshot runs on the FSM goroutine, with no Apply in flight: capture
 // here, write in Persist while applies continue.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	f.mu.Lock()
-	tree, err := f.tree.Marshal()
-	maxIno := f.maxIno
-	timeline := f.timeline.AppendBinary(nil)
-	f.mu.Unlock()
+	hdr, _, err := f.header()
 	if err != nil {
 		return nil, err
 	}
-	return &fsmSnapshot{tree: tree, timeline: timeline, maxIno: maxIno, store: f.store.Capture()}, nil
+	return &fsmSnapshot{header: hdr, store: f.store.Capture()}, nil
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriterSize(sink, 1<<20)
-	var hdr []byte
-	hdr = binary.AppendUvarint(hdr, s.maxIno)
-	hdr = binary.AppendUvarint(hdr, uint64(len(s.tree)))
-	hdr = append(hdr, s.tree...)
-	hdr = binary.AppendUvarint(hdr, uint64(len(s.timeline)))
-	hdr = append(hdr, s.timeline...)
-	_, err := w.Write(hdr)
-	if err == nil {
-		err = s.store.Write(w)
-	}
-	if err == nil {
-		err = w.Flush()
-	}
-	if err != nil {
+	if err := writeSnapshot(sink, s.header, s.store); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
 	return sink.Close()
+}
+
+func writeSnapshot(w io.Writer, header []byte, store *blockstore.Capture) error {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	_, err := bw.Write(header)
+	if err == nil {
+		err = store.Write(bw)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	return err
 }
 
 func (s *fsmSnapshot) Release() {}

@@ -111,6 +111,10 @@ type Volume struct {
 	branchMu sync.Mutex
 
 	retention time.Duration
+	gen       uint64                 // this open's writer generation (0: read-only inspection)
+	fencedBy  atomic.Uint64          // a newer writer's generation, once seen
+	published atomic.Pointer[string] // the last manifest uploaded
+	pubState  string                 // tree and layers of the last manifest (flusher only)
 	full      atomic.Bool
 	freeBytes atomic.Int64 // at the last statfs
 	accepted  atomic.Int64 // bytes accepted since the last statfs
@@ -274,6 +278,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	v := &Volume{dir: dir, opts: opts, lock: lock, retention: cfg.retention(),
 		flushKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	v.store = blockstore.NewStore(objects, opts.CacheBytes)
+	if !opts.NoFlush {
+		if v.gen, err = claimGeneration(ctx, dir, objects); err != nil {
+			lock.Close()
+			return nil, err
+		}
+		v.store.SetGeneration(v.gen)
+	}
 	v.fsm = newFSM(v.store)
 	v.log, err = raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, v.fsm)
 	if err != nil {
@@ -528,13 +539,13 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("freeze memtable: %w", err)
 	}
-	upTo, _ := resp.(uint64)
+	fr, _ := resp.(frozen)
 	backoff := 100 * time.Millisecond
 	var meta blockstore.LayerMeta
 	var ok bool
 	for {
 		start := time.Now()
-		meta, ok, err = v.store.WriteLayer(ctx, upTo)
+		meta, ok, err = v.store.WriteLayer(ctx, fr.lsn)
 		if err == nil {
 			if ok {
 				slog.Info("flushed layer", "layer", meta.Name, "bytes", meta.Size, "keys", meta.Keys, "took", time.Since(start).Round(time.Millisecond))
@@ -553,19 +564,37 @@ func (v *Volume) Flush(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
-	if !ok {
+	seq := fr.lsn
+	if ok {
+		b, err := encodeJSON(entryLayer, now(), meta)
+		if err != nil {
+			return err
+		}
+		if seq, _, err = v.log.Apply(b); err != nil {
+			return fmt.Errorf("record layer %s: %w", meta.Name, err)
+		}
+		if err := v.log.Snapshot(); err != nil {
+			return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
+		}
+	}
+	return v.publishIfChanged(ctx, fr, seq)
+}
+
+// publishIfChanged publishes a manifest unless the last one already says
+// the same (same tree, same layers).
+func (v *Volume) publishIfChanged(ctx context.Context, fr frozen, seq uint64) error {
+	var state strings.Builder
+	state.Write(fr.tree)
+	for _, l := range v.store.Layers() {
+		state.WriteString("\n" + l.Name)
+	}
+	if state.String() == v.pubState && v.published.Load() != nil {
 		return nil
 	}
-	b, err := encodeJSON(entryLayer, now(), meta)
-	if err != nil {
+	if err := v.publish(ctx, fr, seq); err != nil {
 		return err
 	}
-	if _, _, err := v.log.Apply(b); err != nil {
-		return fmt.Errorf("record layer %s: %w", meta.Name, err)
-	}
-	if err := v.log.Snapshot(); err != nil {
-		return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
-	}
+	v.pubState = state.String()
 	return nil
 }
 
@@ -633,7 +662,7 @@ func (v *Volume) Close() error {
 	cerr := v.commit.Close()
 	close(v.stop)
 	v.wg.Wait()
-	if active, frozen := v.store.MemBytes(); cerr == nil && !v.opts.NoFlush && active+frozen > 0 {
+	if cerr == nil && !v.opts.NoFlush {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		if err := v.Flush(ctx); err != nil {
 			// Nothing is lost: the memtable is still in the log, replayed on open.
