@@ -658,11 +658,20 @@ func (l *Layer) Scan(ctx context.Context, from, to Key, maxLSN uint64, fn func(E
 	if from.Compare(to) >= 0 {
 		return nil
 	}
-	hi := l.search(to)
+	return l.scan(ctx, l.search(from), l.search(to), maxLSN, fn)
+}
+
+// All calls fn for every version in the layer, in layer order (key
+// ascending, LSN descending), reading the data section sequentially.
+func (l *Layer) All(ctx context.Context, fn func(Entry) error) error {
+	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, fn)
+}
+
+func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Entry) error) error {
 	// span holds records read ahead: the bytes at [spanOff, spanOff+len).
 	var span []byte
 	var spanOff uint64
-	for i := l.search(from); i < hi; i++ {
+	for i := lo; i < hi; i++ {
 		e := l.entry(i)
 		if e.minLSN > maxLSN {
 			continue

@@ -37,6 +37,13 @@ type Store struct {
 	cache   *fastcache.Cache
 	gen     atomic.Uint64 // writer generation, part of every new layer's name
 
+	// Readers are counted by the layer epoch they started in, so a layer
+	// replaced by a merge is deleted only after every read that might
+	// still open it has finished.
+	readMu  sync.Mutex
+	epoch   uint64
+	readers map[uint64]int
+
 	mu      sync.RWMutex
 	segs    []*segment  // oldest first; the last is the active one. Replaced, never mutated in place.
 	layers  []*layerRef // oldest first. Replaced, never mutated in place.
@@ -57,6 +64,7 @@ func NewStore(objects ObjectStore, cacheBytes int) *Store {
 		objects: objects,
 		cache:   fastcache.New(cacheBytes),
 		segs:    []*segment{newSegment(0)},
+		readers: make(map[uint64]int),
 	}
 }
 
@@ -178,7 +186,8 @@ const versionOverhead = 32
 // and in the memtable: what deleting the branch would free (before
 // ancestry is considered), and what it costs beyond its parent.
 func (s *Store) BranchBytes() map[uint32]int64 {
-	segs, layers := s.view()
+	segs, layers, done := s.view()
+	defer done()
 	out := make(map[uint32]int64)
 	for _, r := range layers {
 		for b, n := range r.meta.BranchBytes {
@@ -203,7 +212,8 @@ func (s *Store) BranchBytes() map[uint32]int64 {
 // reported too. It reads layer indexes, never data.
 func (s *Store) KeysWritten(ctx context.Context, branch uint32, from, to Key, lo, hi uint64, fn func(Key) error) error {
 	from.Branch, to.Branch = branch, branch
-	segs, layers := s.view()
+	segs, layers, done := s.view()
+	defer done()
 	seen := make(map[Key]bool)
 	report := func(k Key) error {
 		k.Branch = 0
@@ -301,11 +311,43 @@ func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
 }
 
 // view captures the read state: frozen segments and layers are immutable,
-// so only the active segment needs the lock.
-func (s *Store) view() ([]*segment, []*layerRef) {
+// so only the active segment needs the lock. done ends the read.
+func (s *Store) view() (segs []*segment, layers []*layerRef, done func()) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.segs, s.layers
+	segs, layers = s.segs, s.layers
+	s.readMu.Lock()
+	e := s.epoch
+	s.readers[e]++
+	s.readMu.Unlock()
+	s.mu.RUnlock()
+	return segs, layers, func() {
+		s.readMu.Lock()
+		if s.readers[e]--; s.readers[e] == 0 {
+			delete(s.readers, e)
+		}
+		s.readMu.Unlock()
+	}
+}
+
+// Epoch is the current layer epoch: it moves on whenever layers leave the
+// store.
+func (s *Store) Epoch() uint64 {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	return s.epoch
+}
+
+// ReadsBefore reports whether any read that started before epoch is still
+// running (and so may still open a layer that has since left the store).
+func (s *Store) ReadsBefore(epoch uint64) bool {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	for e := range s.readers {
+		if e < epoch {
+			return true
+		}
+	}
+	return false
 }
 
 // Get returns the version of key visible through lineage: the newest
@@ -313,7 +355,8 @@ func (s *Store) view() ([]*segment, []*layerRef) {
 // as found (it hides the ancestors' versions); callers check Deleted.
 // key.Branch is ignored.
 func (s *Store) Get(ctx context.Context, key Key, lineage []ReadPoint) (Version, bool, error) {
-	segs, layers := s.view()
+	segs, layers, done := s.view()
+	defer done()
 	for _, p := range lineage {
 		key.Branch = p.Branch
 		for i := len(segs) - 1; i >= 0; i-- {
@@ -360,7 +403,8 @@ func (s *Store) Get(ctx context.Context, key Key, lineage []ReadPoint) (Version,
 // reported with Branch 0. It loads the whole range into memory: meant for
 // metadata, not blocks.
 func (s *Store) ScanLatest(ctx context.Context, lineage []ReadPoint, from, to Key, fn func(Entry) error) error {
-	segs, layers := s.view()
+	segs, layers, done := s.view()
+	defer done()
 	seen := make(map[Key]Version)
 	for _, p := range lineage {
 		lo, hi := from, to

@@ -39,6 +39,7 @@ func App() *ucli.App {
 		Commands: []*ucli.Command{
 			initCommand(),
 			restoreCommand(),
+			gcCommand(),
 			mountCommand(),
 			unmountCommand(),
 			statusCommand(),

@@ -337,7 +337,7 @@ func printStatus(st volume.Status) {
 	}
 	fmt.Fprintf(w, "committed LSN\t%d\n", st.CommittedLSN)
 	fmt.Fprintf(w, "memtable\t%s (frozen %s, uncommitted %s)\n", human(st.MemtableBytes), human(st.FrozenBytes), human(st.PendingBytes))
-	fmt.Fprintf(w, "layers\t%d (%s)\n", st.Layers, human(st.LayerBytes))
+	fmt.Fprintf(w, "layers\t%d (%s); a read consults at most %d\n", st.Layers, human(st.LayerBytes), st.ReadDepth)
 	fmt.Fprintf(w, "object store\t%d objects, %s\n", st.Objects, human(st.ObjectBytes))
 	fmt.Fprintf(w, "raft log\t%s\n", human(st.LogBytes))
 	if c := st.Commits; c.Entries > 0 {
@@ -355,18 +355,57 @@ func printStatus(st volume.Status) {
 	if st.ObjectStoreError != "" {
 		fmt.Fprintf(w, "object store\tUNREACHABLE: %s\n", st.ObjectStoreError)
 	}
+	if st.Manifest != "" {
+		fmt.Fprintf(w, "manifest\t%s (generation %d)\n", st.Manifest, st.Generation)
+	}
+	if st.FencedBy != 0 {
+		fmt.Fprintf(w, "object store\tTAKEN OVER by generation %d (a restored copy?): this volume no longer publishes manifests or deletes objects\n", st.FencedBy)
+	}
 	w.Flush()
 }
 
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+func human(n int64) string { return volume.HumanBytes(n) }
+
+func gcCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "gc",
+		Usage: "merge layers and delete object-store data no branch, fork point or retention window can read",
+		Description: "Flushes the memtable, rewrites every layer without the versions no reader can reach\n" +
+			"(superseded before the retention window and under no branch's fork point, or written by\n" +
+			"deleted branches), and deletes replaced and orphaned objects. The daemon also merges\n" +
+			"layers in the background after flushes; this is the full pass.",
+		ArgsUsage: " ",
+		Flags:     []ucli.Flag{dataFlag, &ucli.BoolFlag{Name: "json", Usage: "print the result as JSON"}},
+		Action: func(c *ucli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			dir := c.String("data")
+			var res volume.GCResult
+			err := withVolumeOpts(c.Context, dir, volume.Options{}, func(v volumeAPI) (err error) {
+				fmt.Fprintf(os.Stderr, "gc: flushing the memtable and planning merges\n")
+				res, err = v.GC(c.Context, func(format string, args ...any) {
+					fmt.Fprintf(os.Stderr, "gc: "+format+"\n", args...)
+				})
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("gc %s: %w", dir, err)
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(os.Stdout).Encode(res)
+			}
+			if res.Skipped != "" {
+				fmt.Printf("gc skipped: %s\n", res.Skipped)
+				return nil
+			}
+			fmt.Printf("gc: %d layers -> %d (a read consults at most %d), %s unreachable data dropped, %d objects deleted (%s)",
+				res.LayersBefore, res.LayersAfter, res.ReadDepth, human(res.DroppedBytes), res.DeletedObjects, human(res.DeletedBytes))
+			if res.PendingDeletes > 0 {
+				fmt.Printf(", %d more once their readers finish", res.PendingDeletes)
+			}
+			fmt.Println()
+			return nil
+		},
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -36,6 +36,7 @@ type volumeAPI interface {
 	ResetBranch(ctx context.Context, name string, preserve bool) (volume.ReplaceResult, error)
 	RestoreBranch(ctx context.Context, name, point string, preserve bool) (volume.ReplaceResult, error)
 	Diff(ctx context.Context, a, b string) (volume.Diff, error)
+	GC(ctx context.Context, progress func(format string, args ...any)) (volume.GCResult, error)
 }
 
 // rpcArgs carries every call's arguments; each call reads its own.
@@ -110,6 +111,23 @@ func serveControl(d *daemon) (*http.Server, error) {
 			return
 		}
 		json.NewEncoder(w).Encode(out)
+	})
+	// gc streams its progress: one JSON object per line, the last holding
+	// the result or the error.
+	mux.HandleFunc("POST /gc", func(w http.ResponseWriter, r *http.Request) {
+		enc := json.NewEncoder(w)
+		flusher, _ := w.(http.Flusher)
+		res, err := d.vol.GC(r.Context(), func(format string, args ...any) {
+			enc.Encode(gcLine{Progress: fmt.Sprintf(format, args...)})
+			if flusher != nil {
+				flusher.Flush()
+			}
+		})
+		if err != nil {
+			enc.Encode(gcLine{Error: err.Error()})
+			return
+		}
+		enc.Encode(gcLine{Result: &res})
 	})
 	// Profiles, for diagnosing a slow volume in place (root only, like the socket).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -194,6 +212,36 @@ func (r *remote) Diff(ctx context.Context, a, b string) (d volume.Diff, err erro
 	return d, r.call(ctx, "diff", rpcArgs{A: a, B: b}, &d)
 }
 
+type gcLine struct {
+	Progress string           `json:"progress,omitempty"`
+	Result   *volume.GCResult `json:"result,omitempty"`
+	Error    string           `json:"error,omitempty"`
+}
+
+func (r *remote) GC(ctx context.Context, progress func(format string, args ...any)) (volume.GCResult, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://neonfs/gc", nil)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return volume.GCResult{}, fmt.Errorf("ask the daemon over %s: %w", controlPath(r.dir), err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var l gcLine
+		if err := dec.Decode(&l); err != nil {
+			return volume.GCResult{}, fmt.Errorf("the daemon stopped answering gc: %w", err)
+		}
+		switch {
+		case l.Error != "":
+			return volume.GCResult{}, errors.New(l.Error)
+		case l.Result != nil:
+			return *l.Result, nil
+		default:
+			progress("%s", l.Progress)
+		}
+	}
+}
+
 // daemonRunning reports whether a daemon answers on dir's control socket.
 func daemonRunning(ctx context.Context, dir string) (*remote, bool, error) {
 	r := dialDaemon(dir)
@@ -215,6 +263,12 @@ func daemonRunning(ctx context.Context, dir string) (*remote, bool, error) {
 // against the volume opened here (without background flushes: a command
 // should not leave work behind).
 func withVolume(ctx context.Context, dir string, fn func(volumeAPI) error) error {
+	return withVolumeOpts(ctx, dir, volume.Options{NoFlush: true}, fn)
+}
+
+// withVolumeOpts is withVolume, opening the volume with opts when no
+// daemon holds it.
+func withVolumeOpts(ctx context.Context, dir string, opts volume.Options, fn func(volumeAPI) error) error {
 	if _, err := volume.ReadConfig(dir); err != nil {
 		return err
 	}
@@ -225,7 +279,7 @@ func withVolume(ctx context.Context, dir string, fn func(volumeAPI) error) error
 	if ok {
 		return fn(r)
 	}
-	vol, err := volume.Open(ctx, dir, volume.Options{NoFlush: true})
+	vol, err := volume.Open(ctx, dir, opts)
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
 	}

@@ -20,7 +20,14 @@ const (
 	entryFreeze entryType = 2 // cut the memtable here: the next layer ends at this LSN
 	entryLayer  entryType = 3 // a layer object was uploaded; it replaces the memtable below its MaxLSN
 	entryBranch entryType = 4 // create, delete or replace a branch (branchOp)
+	entryMerge  entryType = 5 // a merged layer replaces an adjacent run of layers (mergeOp)
 )
+
+// mergeOp swaps the layers named in Remove for the layer Add merged from them.
+type mergeOp struct {
+	Remove []string             `json:"remove"`
+	Add    blockstore.LayerMeta `json:"add"`
+}
 
 // branchOp changes the branch tree. It is one log entry whatever the size
 // of the data behind the branch: a branch is a pointer into history.
@@ -58,6 +65,7 @@ type record struct {
 	Time   int64 // unix nanoseconds at proposal
 	Puts   []blockstore.Entry
 	Layer  blockstore.LayerMeta
+	Merge  mergeOp
 	Branch branchOp
 }
 
@@ -151,6 +159,10 @@ func decodeRecord(b []byte) (record, error) {
 	case entryBranch:
 		if err := json.Unmarshal(b, &r.Branch); err != nil {
 			return r, fmt.Errorf("%w: branch: %v", errBadEntry, err)
+		}
+	case entryMerge:
+		if err := json.Unmarshal(b, &r.Merge); err != nil {
+			return r, fmt.Errorf("%w: merge: %v", errBadEntry, err)
 		}
 	default:
 		return r, fmt.Errorf("%w: type %d", errBadEntry, r.Type)

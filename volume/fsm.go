@@ -75,6 +75,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.store.AddLayer(rec.Layer)
 	case entryBranch:
 		return f.applyBranch(l.Index, rec.Time, rec.Branch)
+	case entryMerge:
+		if err := f.store.ReplaceLayers(rec.Merge.Remove, rec.Merge.Add); err != nil {
+			slog.Error("apply merge", "lsn", l.Index, "err", err)
+			return err
+		}
 	}
 	return nil
 }

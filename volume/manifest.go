@@ -213,6 +213,7 @@ func (v *Volume) publish(ctx context.Context, fr frozen, seq uint64) error {
 		return fmt.Errorf("upload manifest %s: %w", name, err)
 	}
 	v.published.Store(&name)
+	v.pubSeq = seq
 	slog.Info("published manifest", "manifest", name, "lsn", fr.lsn, "layers", len(v.store.Layers()))
 	infos, err := v.store.Objects().List(ctx, manifestDir)
 	if err != nil {

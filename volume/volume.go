@@ -65,6 +65,8 @@ type Options struct {
 	// does yet): past it, writes wait for a flush, e.g. while the object
 	// store is unreachable, rather than fill the disk with log.
 	MaxUnflushed int64
+	// GCInterval is how often the daemon looks for orphaned objects.
+	GCInterval time.Duration
 	// NoFlush leaves the memtable alone (for status and other inspection):
 	// no background flushes, no flush on close.
 	NoFlush bool
@@ -85,6 +87,9 @@ func (o *Options) defaults() {
 	}
 	if o.ReserveBytes == 0 {
 		o.ReserveBytes = 256 << 20
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = time.Hour
 	}
 	if o.MaxUnflushed == 0 {
 		o.MaxUnflushed = max(2<<30, 4*o.FlushBytes)
@@ -114,14 +119,19 @@ type Volume struct {
 	gen       uint64                 // this open's writer generation (0: read-only inspection)
 	fencedBy  atomic.Uint64          // a newer writer's generation, once seen
 	published atomic.Pointer[string] // the last manifest uploaded
-	pubState  string                 // tree and layers of the last manifest (flusher only)
-	full      atomic.Bool
-	freeBytes atomic.Int64 // at the last statfs
-	accepted  atomic.Int64 // bytes accepted since the last statfs
-	flushKick chan struct{}
-	flushErr  atomic.Pointer[string]
-	stop      chan struct{}
-	wg        sync.WaitGroup
+	// Under flushMu: flushes, merges, manifests and deletions take turns.
+	flushMu    sync.Mutex
+	pubState   string  // tree and layers of the last manifest
+	pubSeq     uint64  // the LSN the last manifest was published at
+	lastFrozen *frozen // the last freeze: the state manifests describe
+	retired    []retired
+	full       atomic.Bool
+	freeBytes  atomic.Int64 // at the last statfs
+	accepted   atomic.Int64 // bytes accepted since the last statfs
+	flushKick  chan struct{}
+	flushErr   atomic.Pointer[string]
+	stop       chan struct{}
+	wg         sync.WaitGroup
 }
 
 // InitOptions choose where a new volume keeps its objects.
@@ -506,11 +516,15 @@ func (v *Volume) diskWatcher() {
 	}
 }
 
-// flusher writes the memtable out as layers when it grows past FlushBytes.
+// flusher writes the memtable out as layers when it grows past FlushBytes,
+// merges layers after each flush, and deletes what merges replaced once
+// nothing reads it.
 func (v *Volume) flusher() {
 	defer v.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	ctx := context.Background()
+	lastOrphans := time.Now()
 	for {
 		select {
 		case <-v.stop:
@@ -518,16 +532,30 @@ func (v *Volume) flusher() {
 		case <-t.C:
 		case <-v.flushKick:
 		}
-		if active, _ := v.store.MemBytes(); active < v.opts.FlushBytes {
-			continue
+		v.flushMu.Lock()
+		if active, _ := v.store.MemBytes(); active >= v.opts.FlushBytes {
+			if err := v.flushLocked(ctx); err != nil {
+				msg := err.Error()
+				v.flushErr.Store(&msg)
+				slog.Error("flush memtable", "err", err)
+			} else {
+				v.flushErr.Store(nil)
+				if _, err := v.compactLocked(ctx, false, nil); err != nil {
+					slog.Error("merge layers", "err", err)
+				}
+				if time.Since(lastOrphans) > v.opts.GCInterval {
+					lastOrphans = time.Now()
+					if _, _, err := v.deleteOrphans(ctx, func(f string, a ...any) { slog.Info(fmt.Sprintf(f, a...)) }); err != nil {
+						slog.Warn("delete orphaned objects", "err", err)
+					}
+				}
+			}
+		} else if len(v.retired) > 0 {
+			if _, _, err := v.deleteRetired(ctx); err != nil {
+				slog.Warn("delete replaced layers", "err", err)
+			}
 		}
-		if err := v.Flush(context.Background()); err != nil {
-			msg := err.Error()
-			v.flushErr.Store(&msg)
-			slog.Error("flush memtable", "err", err)
-		} else {
-			v.flushErr.Store(nil)
-		}
+		v.flushMu.Unlock()
 	}
 }
 
@@ -535,11 +563,18 @@ func (v *Volume) flusher() {
 // the log, and snapshots so the log before it can be truncated. Upload
 // failures are retried with backoff until stop.
 func (v *Volume) Flush(ctx context.Context) error {
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	return v.flushLocked(ctx)
+}
+
+func (v *Volume) flushLocked(ctx context.Context) error {
 	_, resp, err := v.log.Apply(encodeFreeze(now()))
 	if err != nil {
 		return fmt.Errorf("freeze memtable: %w", err)
 	}
 	fr, _ := resp.(frozen)
+	v.lastFrozen = &fr
 	backoff := 100 * time.Millisecond
 	var meta blockstore.LayerMeta
 	var ok bool
@@ -618,6 +653,12 @@ type Status struct {
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 	// ObjectStoreError says why the object store could not be listed.
 	ObjectStoreError string `json:"object_store_error,omitempty"`
+	// ReadDepth is the most layers one read consults, over all branches.
+	ReadDepth  int    `json:"read_depth"`
+	Generation uint64 `json:"generation,omitempty"`
+	Manifest   string `json:"manifest,omitempty"` // the last one this open published
+	// FencedBy is the generation of a newer writer of the object store.
+	FencedBy uint64 `json:"fenced_by,omitempty"`
 }
 
 // Status reports the volume's state.
@@ -650,6 +691,11 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 		st.ObjectBytes += o.Size
 	}
 	st.LogBytes = raftwal.LogBytes(filepath.Join(v.dir, "raft"))
+	st.ReadDepth = v.readDepth()
+	st.Generation, st.FencedBy = v.gen, v.fencedBy.Load()
+	if p := v.published.Load(); p != nil {
+		st.Manifest = *p
+	}
 	if p := v.flushErr.Load(); p != nil {
 		st.LastFlushError = *p
 	}
@@ -667,6 +713,12 @@ func (v *Volume) Close() error {
 		if err := v.Flush(ctx); err != nil {
 			// Nothing is lost: the memtable is still in the log, replayed on open.
 			slog.Warn("could not flush the memtable on close; the log keeps it and the next open replays it", "err", err)
+		} else {
+			v.flushMu.Lock()
+			if _, _, err := v.deleteRetired(ctx); err != nil {
+				slog.Warn("delete replaced layers on close; a later gc deletes them", "err", err)
+			}
+			v.flushMu.Unlock()
 		}
 		cancel()
 	}

@@ -1,0 +1,157 @@
+package blockstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"reflect"
+	"testing"
+)
+
+func TestRetainKeep(t *testing.T) {
+	vs := func(lsns ...uint64) []Version {
+		out := make([]Version, len(lsns))
+		for i, l := range lsns {
+			out[i] = Version{LSN: l}
+		}
+		return out
+	}
+	lsns := func(v []Version) []uint64 {
+		var out []uint64
+		for _, x := range v {
+			out = append(out, x.LSN)
+		}
+		return out
+	}
+	live := map[uint32]bool{1: true}
+	for _, tc := range []struct {
+		name string
+		r    Retain
+		in   []Version
+		want []uint64
+	}{
+		{"all inside the window", Retain{Horizon: 5, Live: live}, vs(30, 20, 10), []uint64{30, 20, 10}},
+		{"all before the window", Retain{Horizon: 100, Live: live}, vs(30, 20, 10), []uint64{30}},
+		// 20 is readable at [20,30): the horizon 25 lands in it.
+		{"window starts inside a span", Retain{Horizon: 25, Live: live}, vs(30, 20, 10), []uint64{30, 20}},
+		{"horizon on a version", Retain{Horizon: 20, Live: live}, vs(30, 20, 10), []uint64{30, 20}},
+		{"pin keeps its version", Retain{Horizon: 100, Live: live, Pins: map[uint32][]uint64{1: {15}}}, vs(30, 20, 10), []uint64{30, 10}},
+		{"pin on a version's LSN", Retain{Horizon: 100, Live: live, Pins: map[uint32][]uint64{1: {20}}}, vs(30, 20, 10), []uint64{30, 20}},
+		{"pin of another branch", Retain{Horizon: 100, Live: live, Pins: map[uint32][]uint64{2: {15}}}, vs(30, 20, 10), []uint64{30}},
+		{"pin before every version", Retain{Horizon: 100, Live: live, Pins: map[uint32][]uint64{1: {5}}}, vs(30, 20, 10), []uint64{30}},
+		{"deleted branch", Retain{Horizon: 0, Live: map[uint32]bool{}}, vs(30, 20, 10), nil},
+		{"single version", Retain{Horizon: 100, Live: live}, vs(30), []uint64{30}},
+	} {
+		if got := lsns(tc.r.keep(1, tc.in)); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: kept %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestPlanMerge(t *testing.T) {
+	ls := func(sizes ...int64) []LayerMeta {
+		out := make([]LayerMeta, len(sizes))
+		for i, s := range sizes {
+			out[i] = LayerMeta{Name: fmt.Sprint(i), Size: s}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		in   []LayerMeta
+		want []string
+	}{
+		{"too few", ls(10, 10, 10), nil},
+		{"four similar", ls(10, 10, 10, 10), []string{"0", "1", "2", "3"}},
+		{"newest run wins", ls(1000, 10, 10, 10, 10), []string{"1", "2", "3", "4"}},
+		{"big ones are not dragged in", ls(1000, 1000, 1000, 10, 10, 10, 10), []string{"3", "4", "5", "6"}},
+		{"tiers stay apart", ls(1000, 1000, 1000, 10, 10, 10), nil},
+		{"over the cap", ls(600, 600, 600, 600), nil},
+	} {
+		if got := PlanMerge(tc.in, 4, 2000); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: planned %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if got := PlanFullMerge(ls(600, 600, 600, 100), 1300); !reflect.DeepEqual(got, [][]string{{"0", "1"}, {"2", "3"}}) {
+		t.Errorf("full merge plan %v", got)
+	}
+}
+
+// TestMergeLayers merges layers and checks every protected read point
+// reads what it read before, and that dropped versions are gone.
+func TestMergeLayers(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	k := BlockKey(1, 7, 0)
+	other := BlockKey(1, 8, 0)
+	dead := BlockKey(2, 7, 0)
+	lsn := uint64(0)
+	for layer := range 4 {
+		for i := range 5 {
+			lsn += 10
+			fill := byte(layer*5 + i + 1)
+			s.Apply(lsn, []Entry{put(k, BlockValue(page(fill))), put(dead, BlockValue(page(fill)))})
+		}
+		if layer == 1 {
+			s.Apply(lsn+1, []Entry{put(other, BlockValue(page(99)))})
+			lsn++
+		}
+		flushAll(t, s, lsn)
+	}
+	names := make([]string, 0, 4)
+	for _, l := range s.Layers() {
+		names = append(names, l.Name)
+	}
+	read := func(b uint32, key Key, at uint64) byte {
+		v, ok, err := s.Get(ctx, key, []ReadPoint{{Branch: b, MaxLSN: at}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			return 0
+		}
+		return v.Value.Data[0]
+	}
+	// Keep what LSN 155 and later can see, and the pin at 35.
+	r := &Retain{Horizon: 155, Live: map[uint32]bool{1: true}, Pins: map[uint32][]uint64{1: {35}}}
+	points := []uint64{35, 155, 160, 175, 200, ^uint64(0)}
+	before := map[uint64]byte{}
+	for _, p := range points {
+		before[p] = read(1, k, p)
+	}
+	meta, st, err := s.MergeLayers(ctx, names, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReplaceLayers(names, meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReplaceLayers(names, meta); err != nil {
+		t.Fatalf("replayed replace: %v", err)
+	}
+	if n := len(s.Layers()); n != 1 {
+		t.Fatalf("%d layers after merge", n)
+	}
+	for _, p := range points {
+		if got := read(1, k, p); got != before[p] {
+			t.Errorf("read at %d: %d, was %d", p, got, before[p])
+		}
+	}
+	if got := read(1, other, ^uint64(0)); got != 99 {
+		t.Errorf("single-version key: %d", got)
+	}
+	if got := read(2, dead, ^uint64(0)); got != 0 {
+		t.Errorf("deleted branch's data survived the merge: %d", got)
+	}
+	// 20 versions of k: kept are the pinned one (30), those readable at or
+	// after 155 (150..200): 7 of k + 1 of other.
+	if st.Versions != 8 || st.DroppedBytes == 0 || st.OutputBytes >= st.InputBytes {
+		t.Errorf("stats %+v", st)
+	}
+	if err := s.ReplaceLayers([]string{"layers/nope"}, LayerMeta{Name: "x"}); err == nil {
+		t.Errorf("replace of unknown layers succeeded")
+	}
+	if !bytes.Contains([]byte(meta.Name), []byte("-m")) {
+		t.Errorf("merged layer name %s", meta.Name)
+	}
+}
