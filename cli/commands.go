@@ -28,6 +28,7 @@ func initCommand() *ucli.Command {
 			// No default: creating a volume somewhere implicit would surprise.
 			&ucli.StringFlag{Name: "data", Usage: "volume data directory to create", Required: true, EnvVars: []string{"NEONFS_DATA"}},
 			&ucli.StringFlag{Name: "s3", Usage: "keep objects in S3 at s3://bucket/prefix instead of DATA/objects"},
+			&ucli.DurationFlag{Name: "retention", Value: volume.DefaultRetention, Usage: "how far back branches and time-travel mounts may reach; GC keeps that much history"},
 		}, s3Flags()...),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
@@ -38,6 +39,9 @@ func initCommand() *ucli.Command {
 			var err error
 			if o.S3, err = s3Config(c, c.String("s3"), "--s3"); err != nil {
 				return err
+			}
+			if o.Retention = c.Duration("retention"); o.Retention <= 0 {
+				return fmt.Errorf("--retention must be positive, got %s", o.Retention)
 			}
 			if err := volume.InitWith(c.Context, dir, o); err != nil {
 				return fmt.Errorf("init %s: %w", dir, err)

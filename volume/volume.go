@@ -136,7 +136,8 @@ type Volume struct {
 
 // InitOptions choose where a new volume keeps its objects.
 type InitOptions struct {
-	S3 *blockstore.S3Config // nil: a local directory
+	S3        *blockstore.S3Config // nil: a local directory
+	Retention time.Duration        // 0: DefaultRetention
 }
 
 // Init creates an empty volume in dir, which must be missing or empty,
@@ -164,6 +165,9 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	cfg := Config{Format: 1, Created: time.Now().UTC(), Objects: "objects", S3: o.S3}
+	if o.Retention > 0 {
+		cfg.Retention = o.Retention.String()
+	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	if err := writeFileSync(filepath.Join(dir, configFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("write volume config: %w", err)
