@@ -102,10 +102,13 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 		i = j
 	}
 	minLSN, maxLSN := refs[0].meta.MinLSN, refs[len(refs)-1].meta.MaxLSN
-	data, err := EncodeLayer(out, minLSN, maxLSN)
+	s.encMu.Lock()
+	defer s.encMu.Unlock()
+	data, err := AppendLayer(s.encBuf, out, minLSN, maxLSN)
 	if err != nil {
 		return LayerMeta{}, st, fmt.Errorf("encode merged layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
+	s.keepBuf(data)
 	// A merge is named by when it ran, too: a retried merge of the same
 	// range may keep different versions, and objects are never rewritten.
 	name := fmt.Sprintf("layers/%020d-%020d-g%d-m%x.layer", minLSN, maxLSN, s.gen.Load(), time.Now().UnixNano())

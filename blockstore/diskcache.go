@@ -28,18 +28,18 @@ const CacheChunkSize = 1 << 20
 
 // A chunk file, named <hex of sha256(object name)[:16]>-<chunk index>:
 //
-//	 0 magic "neonfsC1"
-//	 8 object size u64
-//	16 crc32c of each 64 KiB block of the payload, 16 x u32 (0 past its end)
-//	80 crc32c of bytes 0..80 u32
-//	84 payload: the chunk's bytes
+//	   0 magic "neonfsC1"
+//	   8 object size u64
+//	  16 crc32c of each 4 KiB block of the payload, 256 x u32 (0 past its end)
+//	1040 crc32c of bytes 0..1040 u32
+//	1044 payload: the chunk's bytes
 //
-// Checksumming blocks, not the chunk, lets an 8 KiB record read verify
-// 64 KiB instead of reading a whole chunk. The object size in every chunk
+// Checksumming blocks, not the chunk, lets an 8 KiB record read read and
+// verify 8-12 KiB instead of a whole chunk. The object size in every chunk
 // lets a restarted cache answer Size without the remote.
 const (
 	cacheMagic      = "neonfsC1"
-	cacheBlockSize  = 64 << 10
+	cacheBlockSize  = 4 << 10
 	cacheHeaderLen  = 16 + 4*(CacheChunkSize/cacheBlockSize) + 4
 	cacheTouchEvery = time.Minute // how stale a cached chunk's mtime may get
 )
@@ -76,11 +76,11 @@ var _ ObjectStore = (*CachedStore)(nil)
 // CacheStats counts chunks, not calls: a read spanning three chunks is
 // three hits or misses.
 type CacheStats struct {
-	Hits      int64 // chunk reads served from disk
-	Misses    int64 // chunk reads that had to wait for the remote
-	Evictions int64
-	Bytes     int64 // on disk, headers included
-	Limit     int64
+	Hits      int64 `json:"hits"`   // chunk reads served from disk
+	Misses    int64 `json:"misses"` // chunk reads that had to wait for the remote
+	Evictions int64 `json:"evictions"`
+	Bytes     int64 `json:"bytes"` // on disk, headers included
+	Limit     int64 `json:"limit"`
 }
 
 type cacheObjID [16]byte
@@ -105,7 +105,9 @@ type cacheFetch struct {
 
 // NewCachedStore opens the cache in dir (creating it), keeping at most
 // limit bytes of chunk files there. Chunks left by an earlier run are kept,
-// least recently used first by mtime; temporary files are removed.
+// least recently used first by mtime; temporary files are removed. The
+// directory must belong to this store alone: chunks are keyed by object
+// name, so two remotes (or two processes) must not share one.
 func NewCachedStore(remote ObjectStore, dir string, limit int64) (*CachedStore, error) {
 	if limit <= 0 {
 		return nil, fmt.Errorf("layer cache %s: size limit %d: must be positive", dir, limit)
@@ -151,7 +153,10 @@ func (c *CachedStore) load() error {
 		if err != nil {
 			continue
 		}
-		size, err := loadCacheChunk(p, key.idx, fi.Size())
+		size, err := readCacheChunk(p, key.idx, 0, 0, nil)
+		if want := cacheHeaderLen + cacheChunkLen(size, key.idx); err == nil && fi.Size() != want {
+			err = fmt.Errorf("%w: %d bytes, want %d", ErrCorrupt, fi.Size(), want)
+		}
 		if err != nil {
 			slog.Warn("layer cache: removing bad chunk file", "file", p, "err", err)
 			os.Remove(p)
@@ -167,28 +172,6 @@ func (c *CachedStore) load() error {
 	}
 	removeFiles(c.evictLocked()) // the limit may have shrunk
 	return nil
-}
-
-// loadCacheChunk checks the header and length of a chunk file found on
-// open and returns its object's size.
-func loadCacheChunk(path string, idx, fileSize int64) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	hdr := make([]byte, cacheHeaderLen)
-	if _, err := f.ReadAt(hdr, 0); err != nil {
-		return 0, err
-	}
-	size, err := parseCacheHeader(hdr, idx)
-	if err != nil {
-		return 0, err
-	}
-	if want := cacheHeaderLen + cacheChunkLen(size, idx); fileSize != want {
-		return 0, fmt.Errorf("%w: %d bytes, want %d", ErrCorrupt, fileSize, want)
-	}
-	return size, nil
 }
 
 func (c *CachedStore) Stats() CacheStats {
@@ -406,7 +389,10 @@ func (c *CachedStore) readCached(key cacheKey, name string, size, lo, hi int64, 
 		return false
 	}
 	p := c.path(key)
-	err := readCacheChunk(p, size, key.idx, lo, hi, dst)
+	hsize, err := readCacheChunk(p, key.idx, lo, hi, dst)
+	if err == nil && hsize != size {
+		err = fmt.Errorf("%w: object size %d, want %d", ErrCorrupt, hsize, size)
+	}
 	if err == nil {
 		c.hits.Add(1)
 		if touch { // a restart rebuilds the LRU order from mtimes
@@ -421,31 +407,34 @@ func (c *CachedStore) readCached(key cacheKey, name string, size, lo, hi int64, 
 		c.removeLocked(el)
 	}
 	c.mu.Unlock()
-	if ours && !errors.Is(err, fs.ErrNotExist) { // gone: evicted meanwhile
+	if ours && !errors.Is(err, fs.ErrNotExist) { // a missing file needs no warning
 		slog.Warn("layer cache: dropping bad chunk", "object", name, "chunk", key.idx, "file", p, "err", err)
 		os.Remove(p)
 	}
 	return false
 }
 
-// readCacheChunk reads [lo, hi) of the payload of a chunk file into dst,
-// verifying the blocks it lies in.
-func readCacheChunk(path string, size, idx, lo, hi int64, dst []byte) error {
+// readCacheChunk verifies the header of chunk file idx, returning its
+// object's size, and reads [lo, hi) of its payload into dst, verifying the
+// blocks that range lies in.
+func readCacheChunk(path string, idx, lo, hi int64, dst []byte) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	hdr := make([]byte, cacheHeaderLen)
 	if _, err := f.ReadAt(hdr, 0); err != nil {
-		return err
+		return 0, fmt.Errorf("%w: header: %w", ErrCorrupt, err)
 	}
-	hsize, err := parseCacheHeader(hdr, idx)
-	if err != nil {
-		return err
-	}
-	if hsize != size {
-		return fmt.Errorf("%w: object size %d, want %d", ErrCorrupt, hsize, size)
+	size := int64(binary.BigEndian.Uint64(hdr[8:]))
+	switch {
+	case string(hdr[:8]) != cacheMagic:
+		return 0, fmt.Errorf("%w: bad magic %q", ErrCorrupt, hdr[:8])
+	case crc32.Checksum(hdr[:cacheHeaderLen-4], layerCRCTable) != binary.BigEndian.Uint32(hdr[cacheHeaderLen-4:]):
+		return 0, fmt.Errorf("%w: header checksum mismatch", ErrCorrupt)
+	case size <= 0 || idx > (size-1)/CacheChunkSize || hi > cacheChunkLen(size, idx):
+		return 0, fmt.Errorf("%w: no bytes [%d, %d) in chunk %d of an object of %d bytes", ErrCorrupt, lo, hi, idx, size)
 	}
 	bs := lo / cacheBlockSize * cacheBlockSize
 	be := min((hi+cacheBlockSize-1)/cacheBlockSize*cacheBlockSize, cacheChunkLen(size, idx))
@@ -454,16 +443,16 @@ func readCacheChunk(path string, size, idx, lo, hi int64, dst []byte) error {
 		buf = make([]byte, be-bs)
 	}
 	if _, err := f.ReadAt(buf, cacheHeaderLen+bs); err != nil {
-		return fmt.Errorf("%w: payload: %w", ErrCorrupt, err)
+		return 0, fmt.Errorf("%w: payload: %w", ErrCorrupt, err)
 	}
 	for b := int64(0); b < be-bs; b += cacheBlockSize {
 		want := binary.BigEndian.Uint32(hdr[16+4*((bs+b)/cacheBlockSize):])
 		if crc32.Checksum(buf[b:min(b+cacheBlockSize, be-bs)], layerCRCTable) != want {
-			return fmt.Errorf("%w: block at %d: checksum mismatch", ErrCorrupt, bs+b)
+			return 0, fmt.Errorf("%w: block at %d: checksum mismatch", ErrCorrupt, bs+b)
 		}
 	}
 	copy(dst, buf[lo-bs:hi-bs])
-	return nil
+	return size, nil
 }
 
 // fetchRemote reads chunks first..last from the remote in one request.
@@ -615,20 +604,4 @@ func cacheObjectID(name string) cacheObjID {
 
 func cacheChunkLen(size, idx int64) int64 {
 	return min(CacheChunkSize, size-idx*CacheChunkSize)
-}
-
-// parseCacheHeader verifies the header of chunk idx and returns its
-// object's size.
-func parseCacheHeader(hdr []byte, idx int64) (int64, error) {
-	if string(hdr[:8]) != cacheMagic {
-		return 0, fmt.Errorf("%w: bad magic %q", ErrCorrupt, hdr[:8])
-	}
-	if crc32.Checksum(hdr[:cacheHeaderLen-4], layerCRCTable) != binary.BigEndian.Uint32(hdr[cacheHeaderLen-4:]) {
-		return 0, fmt.Errorf("%w: header checksum mismatch", ErrCorrupt)
-	}
-	size := int64(binary.BigEndian.Uint64(hdr[8:]))
-	if size <= 0 || idx > (size-1)/CacheChunkSize {
-		return 0, fmt.Errorf("%w: chunk %d of an object of %d bytes", ErrCorrupt, idx, size)
-	}
-	return size, nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,11 +21,11 @@ import (
 	"github.com/neonfs/neonfs/blockstore"
 )
 
-const chunk = blockstore.CacheChunkSize
+const cacheChunk = blockstore.CacheChunkSize
 
-// chunkRoom is more than one chunk file (payload and header) takes, and
-// less than two: a limit of k*chunkRoom holds k full chunks.
-const chunkRoom = chunk + 1024
+// cacheChunkRoom is more than one chunk file (payload and header) takes, and
+// less than two: a limit of k*cacheChunkRoom holds k full chunks.
+const cacheChunkRoom = cacheChunk + 4096
 
 var errRemoteDown = errors.New("remote down")
 
@@ -74,7 +75,7 @@ func (s *spyStore) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 func (s *spyStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
-	if err := s.record("GetRange %s %s", name, rng(off, n)); err != nil {
+	if err := s.record("GetRange %s %s", name, chunkRange(off, n)); err != nil {
 		return nil, err
 	}
 	if s.gate != nil {
@@ -108,18 +109,18 @@ func (s *spyStore) List(ctx context.Context, prefix string) ([]blockstore.Object
 	return s.ObjectStore.List(ctx, prefix)
 }
 
-// rng spells a range in chunks where it can: "2C+1C", "4C+1000".
-func rng(off, n int64) string {
+// chunkRange spells a range in chunks where it can: "2C+1C", "4C+1000".
+func chunkRange(off, n int64) string {
 	f := func(x int64) string {
-		if x%chunk == 0 && x > 0 {
-			return fmt.Sprintf("%dC", x/chunk)
+		if x%cacheChunk == 0 && x > 0 {
+			return fmt.Sprintf("%dC", x/cacheChunk)
 		}
 		return fmt.Sprint(x)
 	}
 	return f(off) + "+" + f(n)
 }
 
-func newSpy(t *testing.T) *spyStore {
+func newSpyStore(t *testing.T) *spyStore {
 	t.Helper()
 	ds, err := blockstore.NewDirStore(filepath.Join(t.TempDir(), "remote"))
 	if err != nil {
@@ -129,7 +130,7 @@ func newSpy(t *testing.T) *spyStore {
 }
 
 // putRemote stores a random object in the remote behind the cache's back.
-func putRemote(t *testing.T, s *spyStore, name string, n int) []byte {
+func putBehindCache(t *testing.T, s *spyStore, name string, n int) []byte {
 	t.Helper()
 	data := randomBytes(n)
 	if err := s.ObjectStore.Put(context.Background(), name, data); err != nil {
@@ -138,7 +139,7 @@ func putRemote(t *testing.T, s *spyStore, name string, n int) []byte {
 	return data
 }
 
-func newCache(t *testing.T, remote blockstore.ObjectStore, dir string, limit int64) *blockstore.CachedStore {
+func newTestCache(t *testing.T, remote blockstore.ObjectStore, dir string, limit int64) *blockstore.CachedStore {
 	t.Helper()
 	c, err := blockstore.NewCachedStore(remote, dir, limit)
 	if err != nil {
@@ -149,12 +150,12 @@ func newCache(t *testing.T, remote blockstore.ObjectStore, dir string, limit int
 
 // chunkFile is where the cache keeps chunk idx of name (the documented
 // file name).
-func chunkFile(dir, name string, idx int) string {
+func cacheChunkFile(dir, name string, idx int) string {
 	sum := sha256.Sum256([]byte(name))
 	return filepath.Join(dir, fmt.Sprintf("%s-%d", hex.EncodeToString(sum[:16]), idx))
 }
 
-func dirBytes(t *testing.T, dir string) int64 {
+func cacheDirBytes(t *testing.T, dir string) int64 {
 	t.Helper()
 	des, err := os.ReadDir(dir)
 	if err != nil {
@@ -171,14 +172,14 @@ func dirBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-func checkRange(t *testing.T, s blockstore.ObjectStore, name string, data []byte, off, n int64) {
+func checkCachedRange(t *testing.T, s blockstore.ObjectStore, name string, data []byte, off, n int64) {
 	t.Helper()
 	got, err := s.GetRange(context.Background(), name, off, n)
 	if err != nil {
-		t.Fatalf("GetRange(%s, %s): %v", name, rng(off, n), err)
+		t.Fatalf("GetRange(%s, %s): %v", name, chunkRange(off, n), err)
 	}
 	if !bytes.Equal(got, data[off:off+n]) {
-		t.Fatalf("GetRange(%s, %s): wrong bytes", name, rng(off, n))
+		t.Fatalf("GetRange(%s, %s): wrong bytes", name, chunkRange(off, n))
 	}
 }
 
@@ -188,12 +189,12 @@ func TestCachedStoreConformance(t *testing.T) {
 		limit int64
 	}{
 		{"roomy", 1 << 30},
-		{"two chunks", 2 * chunkRoom}, // evicting all the time
+		{"two chunks", 2 * cacheChunkRoom},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "cache")
-			testObjectStore(t, newCache(t, newSpy(t), dir, tt.limit))
-			if n := dirBytes(t, dir); n > tt.limit {
+			testObjectStore(t, newTestCache(t, newSpyStore(t), dir, tt.limit))
+			if n := cacheDirBytes(t, dir); n > tt.limit {
 				t.Fatalf("%d bytes in the cache directory, limit %d", n, tt.limit)
 			}
 		})
@@ -202,7 +203,7 @@ func TestCachedStoreConformance(t *testing.T) {
 
 func TestNewCachedStoreLimit(t *testing.T) {
 	for _, limit := range []int64{0, -5} {
-		_, err := blockstore.NewCachedStore(newSpy(t), t.TempDir(), limit)
+		_, err := blockstore.NewCachedStore(newSpyStore(t), t.TempDir(), limit)
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprint(limit)) {
 			t.Errorf("limit %d: err = %v, want one naming the limit", limit, err)
 		}
@@ -210,27 +211,27 @@ func TestNewCachedStoreLimit(t *testing.T) {
 }
 
 func TestCachedStoreRangedRead(t *testing.T) {
-	remote := newSpy(t)
+	remote := newSpyStore(t)
 	const name = "layers/obj"
-	size := int64(5*chunk + 1000)
-	data := putRemote(t, remote, name, int(size))
-	c := newCache(t, remote, t.TempDir(), 1<<30)
+	size := int64(5*cacheChunk + 1000)
+	data := putBehindCache(t, remote, name, int(size))
+	c := newTestCache(t, remote, t.TempDir(), 1<<30)
 	steps := []struct {
 		name   string
 		off, n int64
 		remote []string
 	}{
-		{"middle of chunk 2", 2*chunk + 100, 5000, []string{"Size layers/obj", "GetRange layers/obj 2C+1C"}},
-		{"chunk 2 again", 2*chunk + 7, 10, nil},
-		{"chunks 1-3 fetch 1 and 3 apart", chunk + 5, 2 * chunk, []string{"GetRange layers/obj 1C+1C", "GetRange layers/obj 3C+1C"}},
-		{"chunks 4-5 coalesced, 5 short", 4 * chunk, chunk + 1000, []string{"GetRange layers/obj 4C+1049576"}},
+		{"middle of chunk 2", 2*cacheChunk + 100, 5000, []string{"Size layers/obj", "GetRange layers/obj 2C+1C"}},
+		{"chunk 2 again", 2*cacheChunk + 7, 10, nil},
+		{"chunks 1-3 fetch 1 and 3 apart", cacheChunk + 5, 2 * cacheChunk, []string{"GetRange layers/obj 1C+1C", "GetRange layers/obj 3C+1C"}},
+		{"chunks 4-5 coalesced, 5 short", 4 * cacheChunk, cacheChunk + 1000, []string{"GetRange layers/obj 4C+1049576"}},
 		{"footer", size - 72, 72, nil},
 		{"empty", 10, 0, nil},
-		{"chunk 0", 0, chunk, []string{"GetRange layers/obj 0+1C"}},
+		{"chunk 0", 0, cacheChunk, []string{"GetRange layers/obj 0+1C"}},
 		{"everything", 0, size, nil},
 	}
 	for _, st := range steps {
-		checkRange(t, c, name, data, st.off, st.n)
+		checkCachedRange(t, c, name, data, st.off, st.n)
 		if got := remote.take(); !slices.Equal(got, st.remote) {
 			t.Fatalf("%s: remote calls %q, want %q", st.name, got, st.remote)
 		}
@@ -244,18 +245,18 @@ func TestCachedStoreRangedRead(t *testing.T) {
 }
 
 func TestCachedStoreEviction(t *testing.T) {
-	remote := newSpy(t)
+	remote := newSpyStore(t)
 	const name = "layers/obj"
-	data := putRemote(t, remote, name, 6*chunk)
+	data := putBehindCache(t, remote, name, 6*cacheChunk)
 	dir := t.TempDir()
-	limit := int64(3 * chunkRoom)
-	c := newCache(t, remote, dir, limit)
+	limit := int64(3 * cacheChunkRoom)
+	c := newTestCache(t, remote, dir, limit)
 	if _, err := c.Size(context.Background(), name); err != nil {
 		t.Fatal(err)
 	}
 	steps := []struct {
-		chunk   int64
-		fetched bool
+		cacheChunk int64
+		fetched    bool
 	}{
 		{0, true}, {1, true}, {2, true}, // full: LRU 0 1 2
 		{0, false},                         // 1 2 0
@@ -268,12 +269,12 @@ func TestCachedStoreEviction(t *testing.T) {
 	}
 	remote.take()
 	for i, st := range steps {
-		checkRange(t, c, name, data, st.chunk*chunk+10, 100)
+		checkCachedRange(t, c, name, data, st.cacheChunk*cacheChunk+10, 100)
 		if calls := remote.take(); (len(calls) == 1) != st.fetched {
-			t.Fatalf("step %d, chunk %d: remote calls %q, want fetched=%v", i, st.chunk, calls, st.fetched)
+			t.Fatalf("step %d, chunk %d: remote calls %q, want fetched=%v", i, st.cacheChunk, calls, st.fetched)
 		}
-		if s := c.Stats(); s.Bytes > limit || dirBytes(t, dir) > limit {
-			t.Fatalf("step %d: %d bytes cached, %d on disk; limit %d", i, s.Bytes, dirBytes(t, dir), limit)
+		if s := c.Stats(); s.Bytes > limit || cacheDirBytes(t, dir) > limit {
+			t.Fatalf("step %d: %d bytes cached, %d on disk; limit %d", i, s.Bytes, cacheDirBytes(t, dir), limit)
 		}
 	}
 	if s := c.Stats(); s.Evictions != 4 || s.Limit != limit {
@@ -283,22 +284,22 @@ func TestCachedStoreEviction(t *testing.T) {
 	if got := mustGet(t, c, name); !bytes.Equal(got, data) {
 		t.Fatal("Get of an object bigger than the cache: wrong bytes")
 	}
-	if n := dirBytes(t, dir); n > limit {
+	if n := cacheDirBytes(t, dir); n > limit {
 		t.Fatalf("%d bytes on disk after a big Get; limit %d", n, limit)
 	}
 }
 
 func TestCachedStoreRestart(t *testing.T) {
 	ctx := context.Background()
-	remote := newSpy(t)
+	remote := newSpyStore(t)
 	dir := t.TempDir()
-	c := newCache(t, remote, dir, 1<<30)
-	a := randomBytes(2*chunk + chunk/2)
+	c := newTestCache(t, remote, dir, 1<<30)
+	a := randomBytes(2*cacheChunk + cacheChunk/2)
 	if err := c.Put(ctx, "layers/a", a); err != nil {
 		t.Fatal(err)
 	}
-	b := putRemote(t, remote, "layers/b", 3*chunk)
-	checkRange(t, c, "layers/b", b, chunk+10, 1000)
+	b := putBehindCache(t, remote, "layers/b", 3*cacheChunk)
+	checkCachedRange(t, c, "layers/b", b, cacheChunk+10, 1000)
 	bytesBefore := c.Stats().Bytes
 	for _, f := range []string{".tmp-123", "README"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
@@ -308,17 +309,17 @@ func TestCachedStoreRestart(t *testing.T) {
 
 	remote.take()
 	remote.down.Store(true)
-	c = newCache(t, remote, dir, 1<<30)
+	c = newTestCache(t, remote, dir, 1<<30)
 	if s := c.Stats(); s.Bytes != bytesBefore {
 		t.Errorf("reopened with %d bytes cached, want %d", s.Bytes, bytesBefore)
 	}
-	if size, err := c.Size(ctx, "layers/b"); err != nil || size != 3*chunk {
+	if size, err := c.Size(ctx, "layers/b"); err != nil || size != 3*cacheChunk {
 		t.Errorf("Size(layers/b) = %d, %v", size, err)
 	}
 	if got := mustGet(t, c, "layers/a"); !bytes.Equal(got, a) {
 		t.Error("Get(layers/a) after restart: wrong bytes")
 	}
-	checkRange(t, c, "layers/b", b, chunk, chunk)
+	checkCachedRange(t, c, "layers/b", b, cacheChunk, cacheChunk)
 	if calls := remote.take(); len(calls) != 0 {
 		t.Errorf("reads of cached chunks after restart called the remote: %q", calls)
 	}
@@ -333,65 +334,79 @@ func TestCachedStoreRestart(t *testing.T) {
 	// used by mtime.
 	old := time.Now().Add(-time.Hour)
 	for i := range 3 {
-		os.Chtimes(chunkFile(dir, "layers/a", i), old, old)
+		os.Chtimes(cacheChunkFile(dir, "layers/a", i), old, old)
 	}
-	c = newCache(t, remote, dir, chunkRoom)
-	checkRange(t, c, "layers/b", b, chunk, chunk)
+	c = newTestCache(t, remote, dir, cacheChunkRoom)
+	checkCachedRange(t, c, "layers/b", b, cacheChunk, cacheChunk)
 	if _, err := c.GetRange(ctx, "layers/a", 0, 1); !errors.Is(err, errRemoteDown) {
 		t.Errorf("GetRange of an evicted chunk with the remote down: %v", err)
 	}
-	if s := c.Stats(); s.Bytes > chunkRoom || s.Evictions != 3 {
+	if s := c.Stats(); s.Bytes > cacheChunkRoom || s.Evictions != 3 {
 		t.Errorf("reopened with a smaller limit: %+v", s)
 	}
 }
 
 func TestCachedStoreCorruptChunk(t *testing.T) {
 	const name = "layers/obj"
-	size := 2*chunk + 5000 // chunk 2 is short
+	size := 2*cacheChunk + 5000 // chunk 2 is short
 	tests := []struct {
 		name    string
 		idx     int
 		corrupt func(path string) error
+		logged  bool
 	}{
-		{"payload", 1, flipByte(100 + chunk/2)},
-		{"payload of a short chunk", 2, flipByte(4000)},
-		{"object size", 1, flipByte(9)},
-		{"block checksums", 1, flipByte(20)},
-		{"magic", 1, flipByte(0)},
-		{"truncated", 1, func(p string) error { return os.Truncate(p, 1000) }},
-		{"empty", 2, func(p string) error { return os.Truncate(p, 0) }},
-		{"deleted", 1, os.Remove},
+		{"payload", 1, flipCacheByte(5000 + cacheChunk/2), true},
+		{"payload of a short chunk", 2, flipCacheByte(4000), true},
+		{"object size", 1, flipCacheByte(9), true},
+		{"block checksums", 1, flipCacheByte(20), true},
+		{"magic", 1, flipCacheByte(0), true},
+		{"truncated", 1, func(p string) error { return os.Truncate(p, 10000) }, true},
+		{"empty", 2, func(p string) error { return os.Truncate(p, 0) }, true},
+		{"deleted", 1, os.Remove, false}, // say, evicted meanwhile
 	}
 	for _, tt := range tests {
 		for _, restart := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/restart=%v", tt.name, restart), func(t *testing.T) {
-				remote := newSpy(t)
-				data := putRemote(t, remote, name, size)
+				logs := captureCacheLogs(t)
+				remote := newSpyStore(t)
+				data := putBehindCache(t, remote, name, size)
 				dir := t.TempDir()
-				c := newCache(t, remote, dir, 1<<30)
-				checkRange(t, c, name, data, 0, int64(size)) // all cached
-				if err := tt.corrupt(chunkFile(dir, name, tt.idx)); err != nil {
+				c := newTestCache(t, remote, dir, 1<<30)
+				checkCachedRange(t, c, name, data, 0, int64(size)) // all cached
+				if err := tt.corrupt(cacheChunkFile(dir, name, tt.idx)); err != nil {
 					t.Fatal(err)
 				}
 				if restart {
-					c = newCache(t, remote, dir, 1<<30)
+					c = newTestCache(t, remote, dir, 1<<30)
 				}
 				remote.take()
-				checkRange(t, c, name, data, 0, int64(size))
-				want := []string{fmt.Sprintf("GetRange %s %s", name, rng(int64(tt.idx)*chunk, min(chunk, int64(size-tt.idx*chunk))))}
+				checkCachedRange(t, c, name, data, 0, int64(size))
+				want := []string{fmt.Sprintf("GetRange %s %s", name, chunkRange(int64(tt.idx)*cacheChunk, min(cacheChunk, int64(size-tt.idx*cacheChunk))))}
 				if got := remote.take(); !slices.Equal(got, want) {
 					t.Fatalf("remote calls %q, want %q", got, want)
 				}
-				checkRange(t, c, name, data, 0, int64(size))
+				checkCachedRange(t, c, name, data, 0, int64(size))
 				if got := remote.take(); len(got) != 0 {
 					t.Fatalf("refetched chunk was not cached again: %q", got)
+				}
+				if logged := strings.Contains(logs.String(), "bad chunk"); logged != tt.logged {
+					t.Errorf("bad chunk logged = %v, want %v; logs:\n%s", logged, tt.logged, logs)
 				}
 			})
 		}
 	}
 }
 
-func flipByte(off int64) func(string) error {
+// captureCacheLogs sends slog's output to the returned buffer until the test ends.
+func captureCacheLogs(t *testing.T) *bytes.Buffer {
+	var logs bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return &logs
+}
+
+func flipCacheByte(off int64) func(string) error {
 	return func(path string) error {
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
@@ -410,21 +425,21 @@ func flipByte(off int64) func(string) error {
 
 func TestCachedStoreRemoteDown(t *testing.T) {
 	ctx := context.Background()
-	remote := newSpy(t)
-	c := newCache(t, remote, t.TempDir(), 1<<30)
-	put := randomBytes(chunk + 100)
+	remote := newSpyStore(t)
+	c := newTestCache(t, remote, t.TempDir(), 1<<30)
+	put := randomBytes(cacheChunk + 100)
 	if err := c.Put(ctx, "layers/put", put); err != nil {
 		t.Fatal(err)
 	}
-	read := putRemote(t, remote, "layers/read", 3*chunk)
-	checkRange(t, c, "layers/read", read, 10, 100)
+	read := putBehindCache(t, remote, "layers/read", 3*cacheChunk)
+	checkCachedRange(t, c, "layers/read", read, 10, 100)
 	remote.take()
 
 	remote.down.Store(true)
 	if got := mustGet(t, c, "layers/put"); !bytes.Equal(got, put) {
 		t.Error("Get of a put object: wrong bytes")
 	}
-	checkRange(t, c, "layers/read", read, 0, chunk)
+	checkCachedRange(t, c, "layers/read", read, 0, cacheChunk)
 	if calls := remote.take(); len(calls) != 0 {
 		t.Errorf("cached reads called the remote: %q", calls)
 	}
@@ -432,7 +447,7 @@ func TestCachedStoreRemoteDown(t *testing.T) {
 		name string
 		op   func() error
 	}{
-		{"uncached range", func() error { _, err := c.GetRange(ctx, "layers/read", chunk-1, 2); return err }},
+		{"uncached range", func() error { _, err := c.GetRange(ctx, "layers/read", cacheChunk-1, 2); return err }},
 		{"Get", func() error { _, err := c.Get(ctx, "layers/read"); return err }},
 		{"Size", func() error { _, err := c.Size(ctx, "layers/other"); return err }},
 		{"Put", func() error { return c.Put(ctx, "layers/new", []byte("x")) }},
@@ -450,23 +465,24 @@ func TestCachedStoreRemoteDown(t *testing.T) {
 }
 
 func TestCachedStoreShortRemoteRead(t *testing.T) {
-	remote := newSpy(t)
-	data := putRemote(t, remote, "layers/obj", 2*chunk)
-	c := newCache(t, remote, t.TempDir(), 1<<30)
+	remote := newSpyStore(t)
+	data := putBehindCache(t, remote, "layers/obj", 2*cacheChunk)
+	c := newTestCache(t, remote, t.TempDir(), 1<<30)
 	remote.short.Store(true)
 	_, err := c.GetRange(context.Background(), "layers/obj", 10, 10)
 	if !errors.Is(err, blockstore.ErrCorrupt) || !strings.Contains(err.Error(), "layers/obj") {
 		t.Fatalf("short remote read: err = %v, want ErrCorrupt naming the object", err)
 	}
 	remote.short.Store(false)
-	checkRange(t, c, "layers/obj", data, 10, 10)
+	checkCachedRange(t, c, "layers/obj", data, 10, 10)
 }
 
 func TestCachedStorePutCacheFailure(t *testing.T) {
 	ctx := context.Background()
-	remote := newSpy(t)
+	logs := captureCacheLogs(t)
+	remote := newSpyStore(t)
 	dir := filepath.Join(t.TempDir(), "cache")
-	c := newCache(t, remote, dir, 1<<30)
+	c := newTestCache(t, remote, dir, 1<<30)
 	// The cache directory turns into a file: no chunk can be written.
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
@@ -474,9 +490,12 @@ func TestCachedStorePutCacheFailure(t *testing.T) {
 	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	data := randomBytes(chunk + 1)
+	data := randomBytes(cacheChunk + 1)
 	if err := c.Put(ctx, "layers/obj", data); err != nil {
 		t.Fatalf("Put with a broken cache: %v", err)
+	}
+	if !strings.Contains(logs.String(), "layers/obj") {
+		t.Errorf("the failure to cache was not logged; logs:\n%s", logs)
 	}
 	if got := mustGet(t, c, "layers/obj"); !bytes.Equal(got, data) {
 		t.Fatal("Get with a broken cache: wrong bytes")
@@ -487,10 +506,10 @@ func TestCachedStorePutCacheFailure(t *testing.T) {
 }
 
 func TestCachedStoreConcurrentMiss(t *testing.T) {
-	remote := newSpy(t)
+	remote := newSpyStore(t)
 	const name = "layers/obj"
-	data := putRemote(t, remote, name, 3*chunk)
-	c := newCache(t, remote, t.TempDir(), 1<<30)
+	data := putBehindCache(t, remote, name, 3*cacheChunk)
+	c := newTestCache(t, remote, t.TempDir(), 1<<30)
 	if _, err := c.Size(context.Background(), name); err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +519,7 @@ func TestCachedStoreConcurrentMiss(t *testing.T) {
 	errs := make(chan error, 32)
 	for range 32 {
 		wg.Go(func() {
-			off := chunk + rand.Int64N(chunk-100)
+			off := cacheChunk + rand.Int64N(cacheChunk-100)
 			got, err := c.GetRange(context.Background(), name, off, 100)
 			if err != nil {
 				errs <- err
@@ -528,6 +547,8 @@ func TestCachedStoreConcurrentMiss(t *testing.T) {
 	}
 }
 
+// BenchmarkCachedStoreGetRange reads 8 KiB records from cached chunks,
+// against the same reads from a DirStore for scale.
 func BenchmarkCachedStoreGetRange(b *testing.B) {
 	ctx := context.Background()
 	ds, err := blockstore.NewDirStore(filepath.Join(b.TempDir(), "remote"))
@@ -538,14 +559,18 @@ func BenchmarkCachedStoreGetRange(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	const size = 16 * chunk
+	const size, n = 16 * cacheChunk, 8 << 10
 	if err := c.Put(ctx, "layers/obj", randomBytes(size)); err != nil {
 		b.Fatal(err)
 	}
-	b.SetBytes(8 << 10)
-	for b.Loop() {
-		if _, err := c.GetRange(ctx, "layers/obj", rand.Int64N(size-8<<10), 8<<10); err != nil {
-			b.Fatal(err)
-		}
+	for _, s := range []blockstore.ObjectStore{ds, c} {
+		b.Run(fmt.Sprintf("%T", s), func(b *testing.B) {
+			b.SetBytes(n)
+			for b.Loop() {
+				if _, err := s.GetRange(ctx, "layers/obj", rand.Int64N(size-n), n); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -116,6 +116,12 @@ func checkLayerKey(k Key) error {
 // desc); it returns an error (not a panic) if they are not, or if an LSN
 // falls outside (minLSN, maxLSN].
 func EncodeLayer(entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
+	return AppendLayer(nil, entries, minLSN, maxLSN)
+}
+
+// AppendLayer is EncodeLayer into buf's spare capacity: a flusher reuses one
+// buffer instead of faulting in a fresh one the size of every layer.
+func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
 	if minLSN > maxLSN {
 		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
 	}
@@ -150,7 +156,10 @@ func EncodeLayer(entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
 		size += layerVersionHeaderLen + len(e.Value.Data)
 	}
 
-	buf := make([]byte, 0, size+len(entries)*(8+layerMinIndexEntryLen+8)+layerFooterLen)
+	if need := size + len(entries)*(8+layerMinIndexEntryLen+8) + layerFooterLen; cap(buf) < need {
+		buf = make([]byte, 0, need)
+	}
+	buf = buf[:0]
 	var index []byte
 	var kb []byte
 	keys := 0

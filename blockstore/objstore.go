@@ -24,6 +24,7 @@ type ObjectInfo struct {
 // keep or reuse them.
 type ObjectStore interface {
 	// Put stores data under name; when it returns nil the object is durable.
+	// It must not retain data after it returns: callers reuse the buffer.
 	// Objects are immutable: callers never Put the same name twice with
 	// different data.
 	Put(ctx context.Context, name string, data []byte) error

@@ -37,6 +37,9 @@ type Store struct {
 	cache   *fastcache.Cache
 	gen     atomic.Uint64 // writer generation, part of every new layer's name
 
+	encMu  sync.Mutex
+	encBuf []byte // reused by layer encoding (object stores do not keep Put's data)
+
 	// Readers are counted by the layer epoch they started in, so a layer
 	// replaced by a merge is deleted only after every read that might
 	// still open it has finished.
@@ -137,6 +140,16 @@ func LayerName(minLSN, maxLSN, gen uint64) string {
 	return fmt.Sprintf("layers/%020d-%020d-g%d.layer", minLSN, maxLSN, gen)
 }
 
+// keepBuf keeps an encoding buffer for the next layer, unless it is
+// oversized (a big merge), which would pin that much memory for good.
+func (s *Store) keepBuf(b []byte) {
+	if cap(b) <= 512<<20 {
+		s.encBuf = b
+	} else {
+		s.encBuf = nil
+	}
+}
+
 // SetGeneration sets the generation named by the layers written from now on.
 func (s *Store) SetGeneration(gen uint64) { s.gen.Store(gen) }
 
@@ -158,10 +171,13 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 	}
 	minLSN, maxLSN := segs[0].minLSN, segs[len(segs)-1].maxLSN
 	entries := mergeEntries(segs)
-	data, err := EncodeLayer(entries, minLSN, maxLSN)
+	s.encMu.Lock()
+	defer s.encMu.Unlock()
+	data, err := AppendLayer(s.encBuf, entries, minLSN, maxLSN)
 	if err != nil {
 		return LayerMeta{}, false, fmt.Errorf("encode layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
+	s.keepBuf(data)
 	name := LayerName(minLSN, maxLSN, s.gen.Load())
 	if err := s.objects.Put(ctx, name, data); err != nil {
 		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)

@@ -140,21 +140,23 @@ func volumeFlags() []ucli.Flag {
 		&ucli.IntFlag{Name: "cache-mb", Value: 256, Usage: "block cache size in MiB"},
 		&ucli.IntFlag{Name: "flush-mb", Value: 128, Usage: "memtable size in MiB that triggers a layer flush"},
 		&ucli.IntFlag{Name: "reserve-mb", Value: 256, Usage: "free disk in MiB kept under the data dir; writes past it get ENOSPC"},
+		&ucli.IntFlag{Name: "layer-cache-mb", Value: 4096, Usage: "on-disk cache of object-store layer chunks in MiB, under DATA/cache (S3 volumes)"},
 		&ucli.IntFlag{Name: "max-unflushed-mb", Value: 2048, Usage: "data in MiB the log may hold beyond the object store (while it is slow or away) before writes wait"},
 	}
 }
 
 func volumeOptions(c *ucli.Context) (volume.Options, error) {
-	for _, f := range []string{"cache-mb", "flush-mb", "reserve-mb", "max-unflushed-mb"} {
+	for _, f := range []string{"cache-mb", "flush-mb", "reserve-mb", "max-unflushed-mb", "layer-cache-mb"} {
 		if c.Int(f) <= 0 {
 			return volume.Options{}, fmt.Errorf("--%s must be positive, got %d", f, c.Int(f))
 		}
 	}
 	return volume.Options{
-		CacheBytes:   c.Int("cache-mb") << 20,
-		FlushBytes:   int64(c.Int("flush-mb")) << 20,
-		ReserveBytes: int64(c.Int("reserve-mb")) << 20,
-		MaxUnflushed: int64(c.Int("max-unflushed-mb")) << 20,
+		CacheBytes:      c.Int("cache-mb") << 20,
+		FlushBytes:      int64(c.Int("flush-mb")) << 20,
+		ReserveBytes:    int64(c.Int("reserve-mb")) << 20,
+		MaxUnflushed:    int64(c.Int("max-unflushed-mb")) << 20,
+		LayerCacheBytes: int64(c.Int("layer-cache-mb")) << 20,
 	}, nil
 }
 
@@ -341,7 +343,7 @@ func printStatus(st volume.Status) {
 	}
 	fmt.Fprintf(w, "committed LSN\t%d\n", st.CommittedLSN)
 	fmt.Fprintf(w, "memtable\t%s (frozen %s, uncommitted %s)\n", human(st.MemtableBytes), human(st.FrozenBytes), human(st.PendingBytes))
-	fmt.Fprintf(w, "layers\t%d (%s); a read consults at most %d\n", st.Layers, human(st.LayerBytes), st.ReadDepth)
+	fmt.Fprintf(w, "layers\t%d (%s); a read looks in at most %d (layers x branch ancestry)\n", st.Layers, human(st.LayerBytes), st.ReadDepth)
 	fmt.Fprintf(w, "object store\t%d objects, %s\n", st.Objects, human(st.ObjectBytes))
 	fmt.Fprintf(w, "raft log\t%s\n", human(st.LogBytes))
 	if c := st.Commits; c.Entries > 0 {
@@ -358,6 +360,9 @@ func printStatus(st volume.Status) {
 	}
 	if st.ObjectStoreError != "" {
 		fmt.Fprintf(w, "object store\tUNREACHABLE: %s\n", st.ObjectStoreError)
+	}
+	if lc := st.LayerCache; lc != nil {
+		fmt.Fprintf(w, "layer cache\t%s of %s, %d hits, %d misses, %d evictions\n", human(lc.Bytes), human(lc.Limit), lc.Hits, lc.Misses, lc.Evictions)
 	}
 	if st.Manifest != "" {
 		fmt.Fprintf(w, "manifest\t%s (generation %d)\n", st.Manifest, st.Generation)

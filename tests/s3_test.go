@@ -42,7 +42,9 @@ func TestPostgresOnS3(t *testing.T) {
 	cfg := srv.Config()
 	n := newNeonfsTargetWith(t,
 		[]string{"--s3", "s3://" + cfg.Bucket + "/vol", "--s3-endpoint", cfg.Endpoint, "--s3-tls=false", "--s3-credentials", cfg.CredentialsFile},
-		[]string{"--flush-mb", "16"})
+		// A layer cache far smaller than the data: reads go through
+		// constant eviction.
+		[]string{"--flush-mb", "16", "--layer-cache-mb", "32"})
 	pg := initPostgres(t, n.Dir())
 	pg.Start(t)
 	pg.Pgbench(t, "-i", "-s", "5", "-q")
@@ -93,6 +95,11 @@ func TestPostgresOnS3(t *testing.T) {
 	}
 	pg.Amcheck(t)
 	pg.CheckPgbenchInvariants(t)
+	lc, _ := neonfsStatus(t, n)["layer_cache"].(map[string]any)
+	t.Logf("layer cache: %v", lc)
+	if lc == nil || lc["evictions"].(float64) == 0 || lc["bytes"].(float64) > lc["limit"].(float64)+(1<<20+4096) {
+		t.Fatalf("layer cache under a 32 MiB limit: %v (want evictions, bytes within the limit)", lc)
+	}
 
 	pg.Stop(t)
 	n.Stop(t)

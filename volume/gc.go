@@ -88,6 +88,26 @@ func (v *Volume) retain() *blockstore.Retain {
 	return r
 }
 
+// mayDrop reports whether rewriting layer name alone could drop anything:
+// it holds versions older than the window or of a deleted branch.
+func mayDrop(layers []blockstore.LayerMeta, name string, r *blockstore.Retain) bool {
+	for _, l := range layers {
+		if l.Name != name {
+			continue
+		}
+		if l.MinLSN < r.Horizon {
+			return true
+		}
+		for b := range l.BranchBytes {
+			if !r.Live[b] {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
 // readDepth is the worst case of layers consulted by one read, over all
 // branches.
 func (v *Volume) readDepth() int {
@@ -147,7 +167,11 @@ func (v *Volume) compactLocked(ctx context.Context, full bool, progress func(str
 	res.HorizonLSN = r.Horizon
 	var runs [][]string
 	if full {
-		runs = blockstore.PlanFullMerge(layers, maxMergeBytes)
+		for _, run := range blockstore.PlanFullMerge(layers, maxMergeBytes) {
+			if len(run) > 1 || mayDrop(layers, run[0], r) {
+				runs = append(runs, run)
+			}
+		}
 	}
 	var seq uint64
 	for i := 0; ; i++ {

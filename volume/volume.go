@@ -65,6 +65,9 @@ type Options struct {
 	// does yet): past it, writes wait for a flush, e.g. while the object
 	// store is unreachable, rather than fill the disk with log.
 	MaxUnflushed int64
+	// LayerCacheBytes bounds the on-disk cache of object-store layer
+	// chunks under DATA/cache (S3 volumes only).
+	LayerCacheBytes int64
 	// GCInterval is how often the daemon looks for orphaned objects.
 	GCInterval time.Duration
 	// NoFlush leaves the memtable alone (for status and other inspection):
@@ -87,6 +90,9 @@ func (o *Options) defaults() {
 	}
 	if o.ReserveBytes == 0 {
 		o.ReserveBytes = 256 << 20
+	}
+	if o.LayerCacheBytes == 0 {
+		o.LayerCacheBytes = 4 << 30
 	}
 	if o.GCInterval == 0 {
 		o.GCInterval = time.Hour
@@ -284,7 +290,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	objects, err := openObjects(ctx, dir, cfg)
+	objects, err := openObjects(ctx, dir, cfg, opts)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -317,9 +323,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	return v, nil
 }
 
-func openObjects(ctx context.Context, dir string, cfg Config) (blockstore.ObjectStore, error) {
+func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (blockstore.ObjectStore, error) {
 	if cfg.S3 != nil {
-		return blockstore.NewS3Store(ctx, *cfg.S3)
+		s3, err := blockstore.NewS3Store(ctx, *cfg.S3)
+		if err != nil {
+			return nil, err
+		}
+		// Layers are immutable, so a local copy of their chunks never goes
+		// stale; it also serves hot data while the bucket is unreachable.
+		return blockstore.NewCachedStore(s3, filepath.Join(dir, "cache"), opts.LayerCacheBytes)
 	}
 	objDir := cfg.Objects
 	if !filepath.IsAbs(objDir) {
@@ -656,7 +668,8 @@ type Status struct {
 	Commits        CommitStats        `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 	// ObjectStoreError says why the object store could not be listed.
-	ObjectStoreError string `json:"object_store_error,omitempty"`
+	ObjectStoreError string                 `json:"object_store_error,omitempty"`
+	LayerCache       *blockstore.CacheStats `json:"layer_cache,omitempty"`
 	// ReadDepth is the most layers one read consults, over all branches.
 	ReadDepth  int    `json:"read_depth"`
 	Generation uint64 `json:"generation,omitempty"`
@@ -696,6 +709,10 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	}
 	st.LogBytes = raftwal.LogBytes(filepath.Join(v.dir, "raft"))
 	st.ReadDepth = v.readDepth()
+	if c, ok := v.store.Objects().(*blockstore.CachedStore); ok {
+		cs := c.Stats()
+		st.LayerCache = &cs
+	}
 	st.Generation, st.FencedBy = v.gen, v.fencedBy.Load()
 	if p := v.published.Load(); p != nil {
 		st.Manifest = *p
