@@ -266,6 +266,13 @@ func (c *CachedStore) Size(ctx context.Context, name string) (int64, error) {
 // the remote fails: the cache may always forget.
 func (c *CachedStore) Delete(ctx context.Context, name string) error {
 	err := c.remote.Delete(ctx, name)
+	c.Forget(name)
+	return err
+}
+
+// Forget drops the cached chunks of name: a reader found them corrupt,
+// and the next read should go to the remote (which may have been repaired).
+func (c *CachedStore) Forget(name string) {
 	obj := cacheObjectID(name)
 	var paths []string
 	c.mu.Lock()
@@ -279,7 +286,6 @@ func (c *CachedStore) Delete(ctx context.Context, name string) error {
 	}
 	c.mu.Unlock()
 	removeFiles(paths)
-	return err
 }
 
 func (c *CachedStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {

@@ -594,10 +594,19 @@ func (l *Layer) fromCache(e *layerIndexEntry) ([]Version, bool) {
 func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
 	vs, err := l.decodeRecord(e, rec)
 	if err != nil {
+		forgetCorrupt(l.store, l.meta.Name, err)
 		return nil, err
 	}
 	l.storeCache(e, rec)
 	return vs, nil
+}
+
+// forgetCorrupt makes a caching store drop its copy of a corrupt object,
+// so a repaired object is read afresh instead of the bad bytes forever.
+func forgetCorrupt(store ObjectStore, name string, err error) {
+	if f, ok := store.(interface{ Forget(string) }); ok && errors.Is(err, ErrCorrupt) {
+		f.Forget(name)
+	}
 }
 
 // Get returns the newest version of key with LSN <= maxLSN in this layer.

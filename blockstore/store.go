@@ -313,6 +313,7 @@ func (s *Store) Layers() []LayerMeta {
 func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
 	r.once.Do(func() {
 		r.l, r.err = OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
+		forgetCorrupt(s.objects, r.meta.Name, r.err)
 		if r.err != nil {
 			slog.Error("open layer", "layer", r.meta.Name, "err", r.err)
 		}

@@ -95,6 +95,13 @@ func TestBadInput(t *testing.T) {
 		{"negative cache size", "--cache-mb must be positive", []string{"mount", "--cache-mb", "-1", "--data", n.data, p("mnt2")}},
 		{"unknown log level", "--log-level", []string{"--log-level", "loud", "status", "--data", n.data}},
 		{"status of a non-volume", "not a neonfs volume", []string{"status", "--data", p("notvol")}},
+		{"gc of a non-volume", "not a neonfs volume", []string{"gc", "--data", p("notvol")}},
+		{"restore without --from", `"from"`, []string{"restore", "--data", p("r1")}},
+		{"restore from a store without manifests", "holds no manifest", []string{"restore", "--data", p("r1"), "--from", p("notvol")}},
+		{"restore from a missing directory", "no such file", []string{"restore", "--data", p("r1"), "--from", p("nosuch")}},
+		{"restore into a non-empty dir", "not empty", []string{"restore", "--data", p("full"), "--from", filepath.Join(n.data, "objects")}},
+		{"restore from S3 without an endpoint", "--s3-endpoint", []string{"restore", "--data", p("r1"), "--from", "s3://bucket/x"}},
+		{"init with a zero retention", "--retention must be positive", []string{"init", "--data", p("r2"), "--retention", "0s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { expectFailure(t, tc.want, tc.args...) })
 	}

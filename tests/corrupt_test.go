@@ -72,6 +72,9 @@ func newCorruptVolume(t *testing.T, backend string) *corruptVolume {
 		f.Close()
 	}
 	v.n.Stop(t)
+	// The layer cache holds good copies of what this node wrote: read the
+	// object store like a node that did not write it.
+	os.RemoveAll(filepath.Join(v.n.data, "cache"))
 	return v
 }
 
