@@ -197,7 +197,11 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 	if err != nil {
 		return BranchInfo{}, err
 	}
-	return v.branchInfo(ctx, id, false)
+	// A new branch owns nothing yet: skip counting every branch's bytes.
+	now := v.fsm.treeClone()
+	info, err := v.describe(ctx, now, now.Branches[id], nil, false)
+	info.Depth = len(now.Lineage(p.ID, math.MaxUint64)) // the parent's ancestry, and the parent
+	return info, err
 }
 
 // DeleteBranch deletes a branch that is not mounted and has no children.
@@ -365,7 +369,7 @@ func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.
 	if p := tree.Branches[b.Parent]; p != nil {
 		info.Parent = p.Name
 		info.ForkLSN = b.ForkLSN
-		if t, ok := v.fsm.timelineClone().TimeOf(b.ForkLSN); ok {
+		if t, ok := v.fsm.timeOf(b.ForkLSN); ok {
 			info.ForkTime = &t
 		}
 	}

@@ -203,6 +203,20 @@ func (f *fsm) treeClone() *snapshot.Tree {
 	return f.tree.Clone()
 }
 
+// timeOf is TimeOf on the live timeline, without copying it.
+func (f *fsm) timeOf(lsn uint64) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeline.TimeOf(lsn)
+}
+
+// lsnAt is LSNAt on the live timeline, without copying it.
+func (f *fsm) lsnAt(t time.Time) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeline.LSNAt(t)
+}
+
 func (f *fsm) timelineClone() *snapshot.Timeline {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -63,7 +63,7 @@ func (v *Volume) retain() *blockstore.Retain {
 	tree := v.fsm.treeClone()
 	r := &blockstore.Retain{Pins: make(map[uint32][]uint64), Live: make(map[uint32]bool)}
 	slack := min(retentionSlack, v.retention/10)
-	if h, err := v.fsm.timelineClone().LSNAt(time.Now().Add(-v.retention - slack)); err == nil {
+	if h, err := v.fsm.lsnAt(time.Now().Add(-v.retention - slack)); err == nil {
 		r.Horizon = h
 	}
 	pin := func(lineage []blockstore.ReadPoint) {
