@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
-	"github.com/hashicorp/raft-wal/segment"
 )
 
 // Config names one node of the log.
@@ -57,8 +56,7 @@ type walStore struct {
 
 func openWAL(dir string) (*walStore, error) {
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta),
-		wal.WithSegmentFiler(segment.NewFiler(walDir(dir), newZeroFS())))
+	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)
