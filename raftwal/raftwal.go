@@ -75,30 +75,40 @@ func hlog() hclog.Logger {
 
 // Bootstrap creates an empty single-voter log in cfg.Dir.
 func Bootstrap(cfg Config) error {
-	if err := os.MkdirAll(walDir(cfg.Dir), 0o700); err != nil {
-		return fmt.Errorf("create log dir: %w", err)
-	}
-	store, err := openWAL(cfg.Dir)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir(cfg.Dir), 2, hlog())
-	if err != nil {
-		return fmt.Errorf("create snapshot store: %w", err)
-	}
-	_, trans := raft.NewInmemTransport(localAddr)
-	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(cfg.id()), Address: localAddr}}}
-	if err := raft.BootstrapCluster(raftConfig(cfg), store, store, snaps, trans, conf); err != nil {
-		return fmt.Errorf("bootstrap log: %w", err)
-	}
-	return nil
+	return bootstrap(cfg, func(store *walStore, snaps raft.SnapshotStore, trans raft.Transport, conf raft.Configuration) error {
+		if err := raft.BootstrapCluster(raftConfig(cfg), store, store, snaps, trans, conf); err != nil {
+			return fmt.Errorf("bootstrap log: %w", err)
+		}
+		return nil
+	})
 }
 
 // BootstrapFromSnapshot creates a single-voter log in cfg.Dir whose only
 // content is a snapshot at index holding data (an FSM snapshot): the log of
 // a volume rebuilt from its object store. New entries follow index.
 func BootstrapFromSnapshot(cfg Config, index uint64, data []byte) error {
+	return bootstrap(cfg, func(store *walStore, snaps raft.SnapshotStore, trans raft.Transport, conf raft.Configuration) error {
+		sink, err := snaps.Create(raft.SnapshotVersionMax, index, 1, conf, 1, trans)
+		if err != nil {
+			return fmt.Errorf("create snapshot: %w", err)
+		}
+		if _, err := sink.Write(data); err != nil {
+			sink.Cancel()
+			return fmt.Errorf("write snapshot: %w", err)
+		}
+		if err := sink.Close(); err != nil {
+			return fmt.Errorf("write snapshot: %w", err)
+		}
+		if err := store.SetUint64([]byte("CurrentTerm"), 1); err != nil {
+			return fmt.Errorf("write term: %w", err)
+		}
+		return nil
+	})
+}
+
+// bootstrap creates the log's stores in cfg.Dir and lets seed fill them for
+// a single-voter configuration.
+func bootstrap(cfg Config, seed func(*walStore, raft.SnapshotStore, raft.Transport, raft.Configuration) error) error {
 	if err := os.MkdirAll(walDir(cfg.Dir), 0o700); err != nil {
 		return fmt.Errorf("create log dir: %w", err)
 	}
@@ -113,21 +123,7 @@ func BootstrapFromSnapshot(cfg Config, index uint64, data []byte) error {
 	}
 	_, trans := raft.NewInmemTransport(localAddr)
 	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(cfg.id()), Address: localAddr}}}
-	sink, err := snaps.Create(raft.SnapshotVersionMax, index, 1, conf, 1, trans)
-	if err != nil {
-		return fmt.Errorf("create snapshot: %w", err)
-	}
-	if _, err := sink.Write(data); err != nil {
-		sink.Cancel()
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	if err := sink.Close(); err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	if err := store.SetUint64([]byte("CurrentTerm"), 1); err != nil {
-		return fmt.Errorf("write term: %w", err)
-	}
-	return nil
+	return seed(store, snaps, trans, conf)
 }
 
 func raftConfig(cfg Config) *raft.Config {

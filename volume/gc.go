@@ -242,6 +242,8 @@ func (v *Volume) fenced(ctx context.Context) (bool, error) {
 	}
 	if high > v.gen {
 		v.fencedBy.Store(high)
+		slog.Error("another writer claimed this volume's object store (a restored copy?): this volume no longer publishes manifests or deletes objects",
+			"generation", v.gen, "newer_generation", high)
 		return true, nil
 	}
 	return false, nil

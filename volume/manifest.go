@@ -190,18 +190,8 @@ func replaceFileSync(path string, data []byte) error {
 // now holds) as sequence seq, then deletes the manifests it supersedes.
 // It does nothing once another writer has taken the store over.
 func (v *Volume) publish(ctx context.Context, fr frozen, seq uint64) error {
-	if v.fencedBy.Load() != 0 {
-		return nil
-	}
-	high, _, err := scanManifests(ctx, v.store.Objects())
-	if err != nil {
+	if fenced, err := v.fenced(ctx); err != nil || fenced {
 		return err
-	}
-	if high > v.gen {
-		v.fencedBy.Store(high)
-		slog.Error("another writer claimed this volume's object store (a restored copy?): this volume no longer publishes manifests or deletes objects",
-			"generation", v.gen, "newer_generation", high)
-		return nil
 	}
 	var snap bytes.Buffer
 	if err := writeSnapshot(&snap, fr.header, v.store.LayerCapture(fr.lsn)); err != nil {
