@@ -32,6 +32,10 @@ type Config struct {
 
 const localAddr = "local"
 
+// SegmentBytes is the step in which the log takes disk space: raft-wal
+// preallocates each segment file whole, so one append can cost this much.
+var SegmentBytes = int64(wal.DefaultSegmentSize)
+
 func (c Config) id() string {
 	if c.ID == "" {
 		return "node1"

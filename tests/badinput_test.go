@@ -208,6 +208,9 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("status on a full disk: exit %d\n%s", code, st)
 	}
 	n.Stop(t)
+	// Take the last free byte: a volume on a disk with no room at all must
+	// still open and serve what it holds.
+	exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(dir, "ballast"), "bs=1M").Run()
 	n.Restart(t)
 	got, err := os.ReadFile(filepath.Join(n.mnt, "kept"))
 	if err != nil || !bytes.Equal(got, kept) {

@@ -155,7 +155,7 @@ func claimGeneration(ctx context.Context, dir string, objs blockstore.ObjectStor
 		slog.Warn("object store unreachable: generation chosen from the local record alone", "err", listErr)
 	}
 	gen := max(local, remote) + 1
-	if err := replaceFileSync(path, []byte(strconv.FormatUint(gen, 10)+"\n")); err != nil {
+	if err := recordGeneration(path, gen); err != nil {
 		return 0, fmt.Errorf("record generation: %w", err)
 	}
 	if listErr == nil {
@@ -166,6 +166,29 @@ func claimGeneration(ctx context.Context, dir string, objs blockstore.ObjectStor
 		cancel()
 	}
 	return gen, nil
+}
+
+// recordGeneration writes gen as a fixed-width line. Once the file has that
+// width it is overwritten in place (one sector, so not torn), which needs
+// no free blocks: a volume on a full disk can still be opened.
+func recordGeneration(path string, gen uint64) error {
+	line := []byte(fmt.Sprintf("%020d\n", gen))
+	if st, err := os.Stat(path); err != nil || st.Size() != int64(len(line)) {
+		return replaceFileSync(path, line)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(line, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // replaceFileSync atomically replaces path with data, durably.

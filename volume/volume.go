@@ -457,10 +457,7 @@ func (v *Volume) Unmount(f *BranchFS) error {
 // and n; a write that does not fit gets ENOSPC before it is accepted.
 func (v *Volume) admit(n int) bool {
 	acc := v.accepted.Add(int64(n))
-	active, frozen := v.store.MemBytes()
-	pending, _ := v.commit.Stats()
-	need := v.opts.ReserveBytes + active + frozen + pending
-	if v.freeBytes.Load()-acc < need {
+	if v.freeBytes.Load()-acc < v.diskNeed() {
 		v.checkDisk()
 		return !v.full.Load()
 	}
@@ -495,6 +492,18 @@ func (v *Volume) waitFlushRoom() {
 	}
 }
 
+// diskNeed is the free space the data dir must keep: the reserve, room to
+// write everything unflushed once more (as a layer or a snapshot), and one
+// log segment, since the log grows a whole preallocated segment at a time.
+func (v *Volume) diskNeed() int64 {
+	active, frozen := v.store.MemBytes()
+	var pending int64
+	if v.commit != nil {
+		pending, _ = v.commit.Stats()
+	}
+	return v.opts.ReserveBytes + active + frozen + pending + raftwal.SegmentBytes
+}
+
 func (v *Volume) checkDisk() {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(v.dir, &st); err != nil {
@@ -503,12 +512,7 @@ func (v *Volume) checkDisk() {
 	free := int64(st.Bavail) * int64(st.Bsize)
 	v.freeBytes.Store(free)
 	v.accepted.Store(0)
-	active, frozen := v.store.MemBytes()
-	var pending int64
-	if v.commit != nil {
-		pending, _ = v.commit.Stats()
-	}
-	full := free < v.opts.ReserveBytes+active+frozen+pending
+	full := free < v.diskNeed()
 	if full != v.full.Swap(full) {
 		if full {
 			slog.Error("disk nearly full: refusing writes with ENOSPC", "dir", v.dir, "free_bytes", free, "reserve_bytes", v.opts.ReserveBytes)
