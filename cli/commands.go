@@ -343,6 +343,9 @@ func printStatus(st volume.Status) {
 	}
 	fmt.Fprintf(w, "committed LSN\t%d\n", st.CommittedLSN)
 	fmt.Fprintf(w, "memtable\t%s (frozen %s, uncommitted %s)\n", human(st.MemtableBytes), human(st.FrozenBytes), human(st.PendingBytes))
+	if st.Flushing {
+		fmt.Fprintf(w, "background\tflushing or merging layers\n")
+	}
 	fmt.Fprintf(w, "layers\t%d (%s); a read looks in at most %d (layers x branch ancestry)\n", st.Layers, human(st.LayerBytes), st.ReadDepth)
 	fmt.Fprintf(w, "object store\t%d objects, %s\n", st.Objects, human(st.ObjectBytes))
 	fmt.Fprintf(w, "raft log\t%s\n", human(st.LogBytes))

@@ -131,6 +131,8 @@ func (v *Volume) GC(ctx context.Context, progress func(format string, args ...an
 	}
 	v.flushMu.Lock()
 	defer v.flushMu.Unlock()
+	v.flushing.Store(true)
+	defer v.flushing.Store(false)
 	if err := v.flushLocked(ctx); err != nil {
 		return GCResult{}, fmt.Errorf("flush before gc: %w", err)
 	}

@@ -127,9 +127,10 @@ type Volume struct {
 	published atomic.Pointer[string] // the last manifest uploaded
 	// Under flushMu: flushes, merges, manifests and deletions take turns.
 	flushMu    sync.Mutex
-	pubState   string  // tree and layers of the last manifest
-	pubSeq     uint64  // the LSN the last manifest was published at
-	lastFrozen *frozen // the last freeze: the state manifests describe
+	flushing   atomic.Bool // a flush, merge or gc is running (for status)
+	pubState   string      // tree and layers of the last manifest
+	pubSeq     uint64      // the LSN the last manifest was published at
+	lastFrozen *frozen     // the last freeze: the state manifests describe
 	retired    []retired
 	full       atomic.Bool
 	freeBytes  atomic.Int64 // at the last statfs
@@ -554,6 +555,7 @@ func (v *Volume) flusher() {
 		}
 		v.flushMu.Lock()
 		if active, _ := v.store.MemBytes(); active >= v.opts.FlushBytes {
+			v.flushing.Store(true)
 			if err := v.flushLocked(ctx); err != nil {
 				msg := err.Error()
 				v.flushErr.Store(&msg)
@@ -570,6 +572,7 @@ func (v *Volume) flusher() {
 					}
 				}
 			}
+			v.flushing.Store(false)
 		} else if len(v.retired) > 0 {
 			if _, _, err := v.deleteRetired(ctx); err != nil {
 				slog.Warn("delete replaced layers", "err", err)
@@ -669,6 +672,7 @@ type Status struct {
 	Objects        int                `json:"objects"`
 	LogBytes       int64              `json:"log_bytes"`
 	DiskFull       bool               `json:"disk_full"`
+	Flushing       bool               `json:"flushing"` // a flush, merge or gc is running
 	Commits        CommitStats        `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 	// ObjectStoreError says why the object store could not be listed.
@@ -684,7 +688,7 @@ type Status struct {
 
 // Status reports the volume's state.
 func (v *Volume) Status(ctx context.Context) (Status, error) {
-	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.full.Load()}
+	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.full.Load(), Flushing: v.flushing.Load()}
 	v.mu.Lock()
 	for _, m := range v.mounts {
 		st.Mounted = append(st.Mounted, m.name)
