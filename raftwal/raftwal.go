@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/hashicorp/raft-wal/segment"
 )
 
 // Config names one node of the log.
@@ -32,9 +33,10 @@ type Config struct {
 
 const localAddr = "local"
 
-// SegmentBytes is the step in which the log takes disk space: raft-wal
-// preallocates each segment file whole, so one append can cost this much.
-var SegmentBytes = int64(wal.DefaultSegmentSize)
+// HeadroomBytes is the disk the log may take beyond its entries: segments
+// are created whole (zero-filled), so one append can cost a segment, and
+// the next one is prepared ahead as a spare.
+var HeadroomBytes = 2 * int64(wal.DefaultSegmentSize)
 
 func (c Config) id() string {
 	if c.ID == "" {
@@ -60,7 +62,8 @@ type walStore struct {
 
 func openWAL(dir string) (*walStore, error) {
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta))
+	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta),
+		wal.WithSegmentFiler(segment.NewFiler(walDir(dir), newZeroFS())))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)

@@ -494,15 +494,15 @@ func (v *Volume) waitFlushRoom() {
 }
 
 // diskNeed is the free space the data dir must keep: the reserve, room to
-// write everything unflushed once more (as a layer or a snapshot), and one
-// log segment, since the log grows a whole preallocated segment at a time.
+// write everything unflushed once more (as a layer or a snapshot), and the
+// log's headroom, since it grows a whole segment at a time.
 func (v *Volume) diskNeed() int64 {
 	active, frozen := v.store.MemBytes()
 	var pending int64
 	if v.commit != nil {
 		pending, _ = v.commit.Stats()
 	}
-	return v.opts.ReserveBytes + active + frozen + pending + raftwal.SegmentBytes
+	return v.opts.ReserveBytes + active + frozen + pending + raftwal.HeadroomBytes
 }
 
 func (v *Volume) checkDisk() {

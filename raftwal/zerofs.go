@@ -1,0 +1,139 @@
+package raftwal
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hashicorp/raft-wal/fs"
+	"github.com/hashicorp/raft-wal/types"
+	"golang.org/x/sys/unix"
+)
+
+// zeroFS is raft-wal's file system with Postgres's trick for its WAL:
+// segment files are written full of zeros (and fsynced) before the log uses
+// them, so a commit overwrites blocks that already exist and fdatasync has
+// no metadata to journal. raft-wal's own files are only fallocated, which
+// leaves unwritten extents: every commit then converts some and pays an
+// ext4 journal commit on top of the data flush.
+//
+// The next segment is prepared in the background as a spare, so rolling to
+// a new segment does not stall commits on writing 64 MiB of zeros.
+type zeroFS struct {
+	types.VFS
+
+	mu    sync.Mutex
+	ready chan struct{} // closed when the spare being prepared is done; nil when none is
+}
+
+const spareName = "spare.tmp" // no .wal suffix: raft-wal's listing ignores it
+
+func newZeroFS() *zeroFS { return &zeroFS{VFS: fs.New()} }
+
+func (z *zeroFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
+	path := filepath.Join(dir, name)
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("create segment %s: %w", path, os.ErrExist)
+	}
+	z.mu.Lock()
+	ready := z.ready
+	z.mu.Unlock()
+	if ready != nil {
+		<-ready
+	}
+	spare := filepath.Join(dir, spareName)
+	if st, err := os.Stat(spare); err == nil && st.Size() == int64(size) {
+		if err := os.Rename(spare, path); err != nil {
+			return nil, fmt.Errorf("create segment %s: %w", path, err)
+		}
+	} else if err := writeZeros(path, int64(size)); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	z.prepareSpare(spare, int64(size))
+	return &zeroFile{File: f, dir: dir, fresh: true}, nil
+}
+
+func (z *zeroFS) OpenWriter(dir, name string) (types.WritableFile, error) {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &zeroFile{File: f, dir: dir}, nil
+}
+
+func (z *zeroFS) prepareSpare(path string, size int64) {
+	ready := make(chan struct{})
+	z.mu.Lock()
+	z.ready = ready
+	z.mu.Unlock()
+	go func() {
+		defer close(ready)
+		os.Remove(path)
+		if err := writeZeros(path, size); err != nil {
+			// Not fatal: the next Create writes its segment itself.
+			slog.Warn("prepare spare log segment", "path", path, "err", err)
+			os.Remove(path)
+		}
+	}()
+}
+
+// writeZeros creates path holding size zero bytes, durably (size included).
+func writeZeros(path string, size int64) (err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("create segment %s: %w", path, err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+			err = fmt.Errorf("zero-fill segment %s: %w", path, err)
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+// zeroFile syncs with fdatasync: its size never changes after creation.
+// The first sync of a new segment also syncs the directory, which holds
+// the segment's name.
+type zeroFile struct {
+	*os.File
+	dir   string
+	fresh bool
+}
+
+func (f *zeroFile) Sync() error {
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return err
+	}
+	if f.fresh {
+		d, err := os.Open(f.dir)
+		if err != nil {
+			return err
+		}
+		err = d.Sync()
+		if cerr := d.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		f.fresh = false
+	}
+	return nil
+}
