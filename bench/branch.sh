@@ -19,6 +19,7 @@
 # repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 SCALES=${SCALES:-"5 130"}
 RUNS=${RUNS:-10}
@@ -108,24 +109,6 @@ pg_stop() { as_postgres "$PGBIN/pg_ctl" stop -D "$1" -m fast -w -t 600 >/dev/nul
 psql_at() { as_postgres "$PGBIN/psql" -X -q -A -t -h "$SOCK" -p "$1" -U postgres -d postgres -c "$2"; }
 
 # quantile Q: the Q-quantile (nearest rank) of the numbers on stdin.
-# settle VOL PORT: checkpoint, then wait (up to 120 s) until no flush or
-# merge runs and the memtable stopped changing: creates are timed on a quiet volume, not
-# against the flush of the load that was just written.
-settle() {
-	psql_at "$2" "CHECKPOINT" >/dev/null
-	local last="" cur i
-	for i in $(seq 1 120); do
-		cur=$("$BIN" status --data "$1" --json | tr -d ' \n' | grep -o '"memtable_bytes":[0-9]*\|"flushing":[a-z]*' | tr '\n' ' ')
-		if [ "$cur" = "$last" ] && [[ $cur == *'"flushing":false'* ]]; then
-			echo "bench: settled after ${i}s ($cur)" >&2
-			return
-		fi
-		last=$cur
-		sleep 1
-	done
-	echo "bench: daemon still busy after 120s ($cur); timing anyway" >&2
-}
-
 quantile() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { r = int(q * NR + 0.999999); if (r < 1) r = 1; print v[r] }'; }
 
 if [ -n "${NEONFS_BIN:-}" ]; then
@@ -168,7 +151,8 @@ bench_scale() {
 	as_postgres "$PGBIN/pgbench" -i -s "$scale" -q -h "$SOCK" -p "$port" -U postgres postgres >/dev/null 2>&1
 	DBSIZE[$scale]=$(psql_at "$port" "SELECT pg_size_pretty(pg_database_size('postgres'))")
 	echo "bench[s$scale]: init took $((SECONDS - t0))s, database ${DBSIZE[$scale]}; $RUNS branch creates" >&2
-	settle "$vol" "$port"
+	psql_at "$port" "CHECKPOINT" >/dev/null
+	neonfs_settle "$BIN" "$vol"
 
 	for i in $(seq 1 "$RUNS"); do
 		t0=$(now_ms)

@@ -3,8 +3,10 @@
 #
 #   sudo bench/pgbench.sh
 #
-# For each file system: initdb, `pgbench -i -s $SCALE`, then TPC-B
-# (`-c $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`, same options).
+# For each file system: initdb, `pgbench -i -s $SCALE`, CHECKPOINT and let
+# the load's writes settle (sync; on neonfs, until no flush or merge runs),
+# then TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`,
+# same options).
 # Native runs in a temp dir under /var/tmp; neonfs builds the binary (or uses
 # $NEONFS_BIN), inits a volume under the same temp dir and mounts it.
 # Everything (Postgres, the daemon, the mount, the temp dir) is cleaned up on
@@ -14,6 +16,7 @@
 # NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 SCALE=${SCALE:-20}
 CLIENTS=${CLIENTS:-4}
@@ -93,7 +96,15 @@ bench_on() {
 	echo "bench[$label]: pgbench -i -s $SCALE" >&2
 	local t0=$SECONDS
 	as_postgres "$PGBIN/pgbench" -i -s "$SCALE" -q >/dev/null 2>&1
-	echo "bench[$label]: init took $((SECONDS - t0))s; TPC-B for ${DURATION}s" >&2
+	echo "bench[$label]: init took $((SECONDS - t0))s; checkpoint and settle" >&2
+	# Both file systems start the timed runs from a clean state: the load's
+	# dirty pages written back (native) or flushed to layers (neonfs).
+	as_postgres "$PGBIN/psql" -X -q -c "CHECKPOINT" >/dev/null
+	sync
+	if [ "$label" = neonfs ]; then
+		neonfs_settle "$BIN" "$WORK/volume"
+	fi
+	echo "bench[$label]: TPC-B for ${DURATION}s" >&2
 	out=$(as_postgres "$PGBIN/pgbench" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" 2>&1)
 	tpcb=$(tps_of <<<"$out")
 	echo "bench[$label]: select-only for ${DURATION}s" >&2
