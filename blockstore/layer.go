@@ -472,6 +472,40 @@ func layerCacheIsBig(ck []byte, n uint32) bool {
 	return len(ck)+int(n)+4 >= layerCacheMaxEntry
 }
 
+// A key rewritten often has a record of many versions (hundreds of KiB),
+// while nearly every read wants the newest. That version is cached on its
+// own (LSN, kind, data), taken from a verified record, so such a read
+// neither copies nor re-checks the whole record.
+func (l *Layer) headKey(off uint64) []byte { return append(l.cacheKey(off), 'h') }
+
+func (l *Layer) headCached(e *layerIndexEntry, maxLSN uint64) (Version, bool) {
+	if l.cache == nil {
+		return Version{}, false
+	}
+	b, ok := l.cache.HasGet(nil, l.headKey(e.off))
+	if !ok || len(b) < 9 {
+		return Version{}, false
+	}
+	v := Version{LSN: binary.BigEndian.Uint64(b), Value: Value{Kind: ValueKind(b[8])}}
+	if v.LSN > maxLSN {
+		return Version{}, false
+	}
+	if v.Value.Kind == ValData {
+		v.Value.Data = b[9:]
+	}
+	return v, true
+}
+
+func (l *Layer) storeHead(e *layerIndexEntry, v Version) {
+	if l.cache == nil || 9+len(v.Value.Data)+len(l.cacheID)+9 >= layerCacheMaxEntry {
+		return
+	}
+	b := make([]byte, 9, 9+len(v.Value.Data))
+	binary.BigEndian.PutUint64(b, v.LSN)
+	b[8] = byte(v.Value.Kind)
+	l.cache.Set(l.headKey(e.off), append(b, v.Value.Data...))
+}
+
 // cached returns a copy of the record at e from the cache. The bytes are
 // verified by decodeRecord like any others.
 func (l *Layer) cached(e *layerIndexEntry) ([]byte, bool) {
@@ -623,6 +657,9 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 	if err := ctx.Err(); err != nil {
 		return Version{}, false, err
 	}
+	if v, ok := l.headCached(&e, maxLSN); ok {
+		return v, true, nil
+	}
 	vs, ok := l.fromCache(&e)
 	if !ok {
 		rec, err := l.fetch(ctx, e.off, uint64(e.n))
@@ -632,6 +669,9 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 		if vs, err = l.fromStore(&e, rec); err != nil {
 			return Version{}, false, err
 		}
+	}
+	if len(vs) > 1 {
+		l.storeHead(&e, vs[0])
 	}
 	for _, v := range vs {
 		if v.LSN <= maxLSN {

@@ -283,17 +283,45 @@ func TestLayerGetAllVersions(t *testing.T) {
 	es := testLayerEntries()
 	st := newMemObjStore()
 	putLayer(t, st, "l", es, 10, 1000)
-	l, err := OpenLayer(ctx, st, "l", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range es {
-		for _, maxLSN := range []uint64{e.LSN - 1, e.LSN, e.LSN + 1} {
-			v, ok, err := l.Get(ctx, e.Key, maxLSN)
-			wv, wok := newestAt(es, e.Key, maxLSN)
-			if err != nil || ok != wok || ok && !sameEntry(Entry{e.Key, v}, Entry{e.Key, wv}) {
-				t.Fatalf("Get(%v, %d) = %d %v %v, want %d %v", e.Key, maxLSN, v.LSN, ok, err, wv.LSN, wok)
+	// With a cache, the newest version of each record gets cached on its
+	// own after the first read; older points must still see older versions.
+	for _, cache := range []*fastcache.Cache{nil, fastcache.New(32 << 20)} {
+		l, err := OpenLayer(ctx, st, "l", cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			for _, e := range es {
+				for _, maxLSN := range []uint64{math.MaxUint64, e.LSN - 1, e.LSN, e.LSN + 1} {
+					v, ok, err := l.Get(ctx, e.Key, maxLSN)
+					wv, wok := newestAt(es, e.Key, maxLSN)
+					if err != nil || ok != wok || ok && !sameEntry(Entry{e.Key, v}, Entry{e.Key, wv}) {
+						t.Fatalf("Get(%v, %d) = %d %v %v, want %d %v", e.Key, maxLSN, v.LSN, ok, err, wv.LSN, wok)
+					}
+				}
 			}
+		}
+	}
+}
+
+// BenchmarkLayerGetHotKey reads the newest version of a key written 64
+// times (a 512 KiB record), as a head read after a remount does.
+func BenchmarkLayerGetHotKey(b *testing.B) {
+	ctx := context.Background()
+	var es []Entry
+	for i := 63; i >= 0; i-- { // newest first, as layers hold them
+		es = append(es, Entry{Key: BlockKey(0, 6, 0), Version: Version{LSN: uint64(100 + i), Value: Value{Kind: ValData, Data: bytes.Repeat([]byte{byte(i)}, 8192)}}})
+	}
+	st := newMemObjStore()
+	putLayer(b, st, "l", es, 10, 1000)
+	l, err := OpenLayer(ctx, st, "l", fastcache.New(64<<20))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if v, ok, err := l.Get(ctx, BlockKey(0, 6, 0), math.MaxUint64); err != nil || !ok || v.LSN != 163 {
+			b.Fatalf("Get = %d %v %v", v.LSN, ok, err)
 		}
 	}
 }
