@@ -180,15 +180,7 @@ func recordGeneration(path string, gen uint64) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(line, 0); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return writeSyncClose(f, line)
 }
 
 // replaceFileSync atomically replaces path with data, durably.

@@ -223,7 +223,12 @@ func writeFileSync(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	return writeSyncClose(f, data)
+}
+
+// writeSyncClose writes data at the start of f, fsyncs and closes it.
+func writeSyncClose(f *os.File, data []byte) error {
+	if _, err := f.WriteAt(data, 0); err != nil {
 		f.Close()
 		return err
 	}
