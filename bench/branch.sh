@@ -31,30 +31,10 @@ for b in initdb pg_ctl pgbench psql; do
 done
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "bench: RUNS=$RUNS: want a positive count" >&2; exit 1; }
 
-WORK=$(mktemp -d /var/tmp/neonfs-branch-bench.XXXXXX)
-chmod 0755 "$WORK"
-SOCK=$WORK/sock
-LOGS=$WORK/logs
-mkdir -m 0755 "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
+bench_workdir branch-bench
 
 DAEMON_PID=""
 PGDATAS=()
-
-# mounts_under DIR: mountpoints beneath DIR, innermost first.
-mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
-
-stop_postgres() {
-	local d=$1 pid
-	[ -f "$d/postmaster.pid" ] || return 0
-	pid=$(head -n 1 "$d/postmaster.pid" 2>/dev/null)
-	(cd / && timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" stop -D "$d" -m immediate -w -t 30 >/dev/null 2>&1)
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		pkill -KILL -P "$pid" 2>/dev/null || true
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	return 0
-}
 
 stop_daemon() {
 	[ -n "$DAEMON_PID" ] || return 0
@@ -68,56 +48,24 @@ stop_daemon() {
 }
 
 cleanup() {
-	local rc=$? d m
+	local rc=$? i
 	set +e
 	# Servers on branches first, then main's: all before their mounts go.
 	for ((i = ${#PGDATAS[@]} - 1; i >= 0; i--)); do stop_postgres "${PGDATAS[i]}"; done
 	stop_daemon
-	for m in $(mounts_under "$WORK"); do
-		umount -l "$m" || fusermount3 -uz "$m"
-	done
-	if [ -z "$(mounts_under "$WORK")" ]; then
-		rm -rf "$WORK"
-	else
-		echo "bench: leaving $WORK: something is still mounted beneath it" >&2
-	fi
+	unmount_and_remove "$WORK"
 	exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-	local port=$((20000 + RANDOM % 20000))
-	while ! port_free "$port"; do port=$((port + 1)); done
-	echo "$port"
-}
-
-as_postgres() { (cd / && runuser -u postgres -- "$@"); }
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# pg_start PGDATA PORT LOG
-pg_start() {
-	as_postgres "$PGBIN/pg_ctl" start -D "$1" -l "$2" -w -t 600 \
-		-o "-c port=$3 -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB" >/dev/null
-}
-
-pg_stop() { as_postgres "$PGBIN/pg_ctl" stop -D "$1" -m fast -w -t 600 >/dev/null; }
 
 psql_at() { as_postgres "$PGBIN/psql" -X -q -A -t -h "$SOCK" -p "$1" -U postgres -d postgres -c "$2"; }
 
 # quantile Q: the Q-quantile (nearest rank) of the numbers on stdin.
 quantile() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { r = int(q * NR + 0.999999); if (r < 1) r = 1; print v[r] }'; }
 
-if [ -n "${NEONFS_BIN:-}" ]; then
-	BIN=$(realpath "$NEONFS_BIN")
-else
-	echo "bench: building neonfs" >&2
-	go build -o "$WORK/neonfs" .
-	BIN=$WORK/neonfs
-fi
+neonfs_binary "$WORK"
 
 declare -A MEDIAN P90 DBSIZE MOUNT_MS START_MS QUERY_MS FIRST_MS
 

@@ -36,6 +36,7 @@
 # NEONFS_VERSITYGW (versitygw in PATH or $(go env GOPATH)/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 SCALE=${SCALE:-20}
 REWRITE=${REWRITE:-contiguous}
@@ -71,12 +72,7 @@ else
 fi
 [ -x "$VGW" ] || { echo "bench: versitygw not found (\$NEONFS_VERSITYGW, PATH, $VGW); go install github.com/versity/versitygw/cmd/versitygw@v1.8.0" >&2; exit 1; }
 
-WORK=$(mktemp -d /var/tmp/neonfs-objstore-bench.XXXXXX)
-chmod 0755 "$WORK"
-SOCK=$WORK/sock
-LOGS=$WORK/logs
-mkdir -m 0755 "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
+bench_workdir objstore-bench
 
 DATA=$WORK/volume
 MNT=$WORK/mnt
@@ -86,21 +82,6 @@ DAEMON_PID=""
 DAEMON_LOG="" # the running (or last) daemon's
 VGW_PID=""
 PGDATAS=()
-
-# mounts_under DIR: mountpoints beneath DIR, innermost first.
-mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
-
-stop_postgres() {
-	local d=$1 pid
-	[ -f "$d/postmaster.pid" ] || return 0
-	pid=$(head -n 1 "$d/postmaster.pid" 2>/dev/null)
-	(cd / && timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" stop -D "$d" -m immediate -w -t 30 >/dev/null 2>&1)
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		pkill -KILL -P "$pid" 2>/dev/null || true
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	return 0
-}
 
 # stop_pid PID: SIGTERM, up to 60s, then SIGKILL.
 stop_pid() {
@@ -124,7 +105,7 @@ log_tails() {
 }
 
 cleanup() {
-	local rc=$? i m
+	local rc=$? i
 	set +e
 	if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
 		echo "bench: failed (exit $rc); logs:" >&2
@@ -135,18 +116,11 @@ cleanup() {
 		stop_pid "$DAEMON_PID"
 		wait "$DAEMON_PID" 2>/dev/null
 	fi
-	for m in $(mounts_under "$WORK"); do
-		umount -l "$m" || fusermount3 -uz "$m"
-	done
 	if [ -n "$VGW_PID" ]; then
 		stop_pid "$VGW_PID"
 		wait "$VGW_PID" 2>/dev/null
 	fi
-	if [ -z "$(mounts_under "$WORK")" ]; then
-		rm -rf "$WORK"
-	else
-		echo "bench: leaving $WORK: something is still mounted beneath it" >&2
-	fi
+	unmount_and_remove "$WORK"
 	exit $rc
 }
 trap cleanup EXIT
@@ -154,17 +128,6 @@ trap 'exit 130' INT TERM
 
 die() { echo "bench: $*" >&2; exit 1; }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-	local port=$((20000 + RANDOM % 20000))
-	while ! port_free "$port"; do port=$((port + 1)); done
-	echo "$port"
-}
-
-as_postgres() { (cd / && runuser -u postgres -- "$@"); }
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 tps_of() { awk '/^tps = /{print $3; exit}' "$1"; }
 
@@ -172,14 +135,6 @@ drop_caches() {
 	sync
 	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "bench: warning: could not drop the page cache" >&2
 }
-
-# pg_start PGDATA LOG PORT
-pg_start() {
-	as_postgres "$PGBIN/pg_ctl" start -D "$1" -l "$2" -w -t 600 \
-		-o "-c port=$3 -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB" >/dev/null
-}
-
-pg_stop() { as_postgres "$PGBIN/pg_ctl" stop -D "$1" -m fast -w -t 600 >/dev/null; }
 
 psql_at() { as_postgres timeout 600 "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$SOCK" -p "$1" -U postgres -d postgres -c "$2"; }
 
@@ -201,6 +156,21 @@ pgbench_at() {
 	shift 2
 	as_postgres timeout $((DURATION + 600)) "$PGBIN/pgbench" -h "$SOCK" -p "$port" -U postgres "$@" postgres >"$log" 2>&1 ||
 		die "pgbench $* failed; see $log"
+}
+
+# init_pgbench PGDATA LABEL PORT: initdb, start Postgres and load pgbench
+# scale $SCALE; sets INIT_MS to the load's time.
+init_pgbench() {
+	local pg=$1 label=$2 port=$3 t0
+	mkdir -m 0700 "$pg"
+	chown postgres:postgres "$pg"
+	PGDATAS+=("$pg")
+	echo "bench[$label]: initdb and pgbench -i -s $SCALE" >&2
+	as_postgres "$PGBIN/initdb" -D "$pg" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
+	pg_start "$pg" "$LOGS/postgres-$label.log" "$port"
+	t0=$(now_ms)
+	pgbench_at "$port" "$LOGS/pgbench-$label-init.log" -i -s "$SCALE" -q
+	INIT_MS=$(($(now_ms) - t0))
 }
 
 # select_only LABEL PORT: sets TPS.
@@ -318,16 +288,9 @@ run_gc() {
 # 1. Native ext4.
 mkdir -m 0755 "$WORK/native"
 NPG=$WORK/native/pgdata
-mkdir -m 0700 "$NPG"
-chown postgres:postgres "$NPG"
-PGDATAS+=("$NPG")
 NPORT=$(free_port)
-echo "bench[native]: initdb and pgbench -i -s $SCALE" >&2
-as_postgres "$PGBIN/initdb" -D "$NPG" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
-pg_start "$NPG" "$LOGS/postgres-native.log" "$NPORT"
-t0=$(now_ms)
-pgbench_at "$NPORT" "$LOGS/pgbench-native-init.log" -i -s "$SCALE" -q
-NATIVE_INIT_MS=$(($(now_ms) - t0))
+init_pgbench "$NPG" native "$NPORT"
+NATIVE_INIT_MS=$INIT_MS
 DB_SIZE=$(psql_at "$NPORT" "SELECT pg_database_size('postgres')")
 pg_stop "$NPG"
 drop_caches
@@ -345,29 +308,16 @@ rm -rf "$WORK/native"
 
 # ==========================================================================
 # 2. neonfs on S3: load.
-if [ -n "${NEONFS_BIN:-}" ]; then
-	BIN=$(realpath "$NEONFS_BIN")
-else
-	echo "bench: building neonfs" >&2
-	go build -o "$WORK/neonfs" .
-	BIN=$WORK/neonfs
-fi
+neonfs_binary "$WORK"
 start_s3
 nfs init --data "$DATA" --s3 "s3://$BUCKET/vol" --s3-endpoint "127.0.0.1:$S3_PORT" --s3-tls=false \
 	--s3-credentials "$S3_CREDS" >"$LOGS/neonfs-init.log" 2>&1 || die "neonfs init failed"
 mkdir -m 0755 "$MNT" "$MNT2"
 mount_main load
 PG=$MNT/pgdata
-mkdir -m 0700 "$PG"
-chown postgres:postgres "$PG"
-PGDATAS+=("$PG")
 PORT=$(free_port)
-echo "bench[neonfs]: initdb and pgbench -i -s $SCALE" >&2
-as_postgres "$PGBIN/initdb" -D "$PG" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
-pg_start "$PG" "$LOGS/postgres-neonfs.log" "$PORT"
-t0=$(now_ms)
-pgbench_at "$PORT" "$LOGS/pgbench-neonfs-init.log" -i -s "$SCALE" -q
-NEONFS_INIT_MS=$(($(now_ms) - t0))
+init_pgbench "$PG" neonfs "$PORT"
+NEONFS_INIT_MS=$INIT_MS
 pg_stop "$PG"
 echo "bench[neonfs]: init took ${NEONFS_INIT_MS} ms; unmounting (flush to S3)" >&2
 t0=$(now_ms)

@@ -29,51 +29,26 @@ for b in initdb pg_ctl pgbench; do
 	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /var/tmp/neonfs-bench.XXXXXX)
-chmod 0755 "$WORK"
-SOCK=$WORK/sock
-LOGS=$WORK/logs
-mkdir -m 0755 "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
+bench_workdir bench
 
 DAEMON_PID=""
 MNT=$WORK/mnt
 PGDATAS=()
 
 cleanup() {
-	local rc=$? d pid
+	local rc=$? d
 	set +e
-	for d in "${PGDATAS[@]}"; do
-		if [ -f "$d/postmaster.pid" ]; then
-			pid=$(head -n 1 "$d/postmaster.pid" 2>/dev/null)
-			(cd / && timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" stop -D "$d" -m immediate -w -t 30 >/dev/null 2>&1)
-			if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-				pkill -KILL -P "$pid" 2>/dev/null
-				kill -KILL "$pid" 2>/dev/null
-			fi
-		fi
-	done
+	for d in "${PGDATAS[@]}"; do stop_postgres "$d"; done
 	if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
 		kill -TERM "$DAEMON_PID"
 		for _ in $(seq 1 600); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$DAEMON_PID" 2>/dev/null
 	fi
-	if mountpoint -q "$MNT" 2>/dev/null; then
-		umount -l "$MNT" || fusermount3 -uz "$MNT"
-	fi
-	if ! grep -q " $WORK" /proc/self/mountinfo; then
-		rm -rf "$WORK"
-	else
-		echo "bench: leaving $WORK: something is still mounted beneath it" >&2
-	fi
+	unmount_and_remove "$WORK"
 	exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 
 tps_of() { awk '/^tps = /{print $3; exit}'; }
 
@@ -85,8 +60,7 @@ bench_on() {
 	chown postgres:postgres "$pgdata"
 	chmod 0700 "$pgdata"
 	PGDATAS+=("$pgdata")
-	port=$((20000 + RANDOM % 20000))
-	while ! port_free "$port"; do port=$((port + 1)); done
+	port=$(free_port)
 	export PGHOST=$SOCK PGPORT=$port PGUSER=postgres PGDATABASE=postgres
 
 	echo "bench[$label]: initdb in $pgdata" >&2
@@ -121,13 +95,7 @@ bench_on native "$WORK/native"
 NATIVE_TPCB=$RES_TPCB NATIVE_SEL=$RES_SEL
 
 # 2. neonfs.
-if [ -n "${NEONFS_BIN:-}" ]; then
-	BIN=$(realpath "$NEONFS_BIN")
-else
-	echo "bench: building neonfs" >&2
-	go build -o "$WORK/neonfs" .
-	BIN=$WORK/neonfs
-fi
+neonfs_binary "$WORK"
 "$BIN" init --data "$WORK/volume" >&2
 mkdir -m 0755 "$MNT"
 "$BIN" mount --data "$WORK/volume" "$MNT" >"$LOGS/neonfs.log" 2>&1 &
