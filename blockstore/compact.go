@@ -65,7 +65,7 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 		if err != nil {
 			return LayerMeta{}, st, err
 		}
-		if err := l.All(ctx, func(e Entry) error { all = append(all, e); return nil }); err != nil {
+		if err := l.allRaw(ctx, func(e Entry) error { all = append(all, e); return nil }); err != nil {
 			return LayerMeta{}, st, fmt.Errorf("read layer %s: %w", ref.meta.Name, err)
 		}
 		st.Inputs++
@@ -104,7 +104,8 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 	minLSN, maxLSN := refs[0].meta.MinLSN, refs[len(refs)-1].meta.MaxLSN
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
-	data, err := AppendLayer(s.encBuf, out, minLSN, maxLSN)
+	perBranch := make(map[uint32]int64)
+	data, err := appendLayer(s.encBuf, out, minLSN, maxLSN, perBranch, true)
 	if err != nil {
 		return LayerMeta{}, st, fmt.Errorf("encode merged layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
@@ -116,12 +117,11 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 		return LayerMeta{}, st, fmt.Errorf("upload merged layer %s: %w", name, err)
 	}
 	meta := LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)),
-		BranchBytes: make(map[uint32]int64)}
+		BranchBytes: perBranch}
 	for i, e := range out {
 		if i == 0 || e.Key != out[i-1].Key {
 			meta.Keys++
 		}
-		meta.BranchBytes[e.Key.Branch] += int64(e.Value.Size()) + versionOverhead
 	}
 	st.OutputBytes, st.Versions = meta.Size, int64(len(out))
 	return meta, st, nil

@@ -12,6 +12,7 @@ import (
 	"sort"
 
 	"github.com/VictoriaMetrics/fastcache"
+	"github.com/klauspost/compress/s2"
 )
 
 // A layer object holds the versions of a set of keys written by the LSNs in
@@ -25,6 +26,13 @@ import (
 // record: count u32, then count versions, newest (highest LSN) first, each
 //
 //	LSN u64 | ValueKind u8 | data length u32 | data
+//
+// where a kind of 3 (format 2) stores a ValData value compressed with S2
+// (github.com/klauspost/compress/s2): Postgres pages are mostly free space
+// and padding, and every byte of a layer is written to disk or S3 once per
+// flush and again per merge, so compressed layers take that much less of
+// the disk the Raft log's fsyncs wait on. A value is compressed only when
+// that saves at least an eighth of it.
 //
 // then crc32c u32 over the key's AppendKey encoding followed by the record
 // bytes before the crc. Hashing the key binds a record to its index entry
@@ -41,7 +49,7 @@ import (
 // footer:
 //
 //	0  magic "NEONLYR1"     8
-//	8  format version u32   (1)
+//	8  format version u32   (2; 1 is read: no compressed values)
 //	12 index crc32c u32
 //	16 MinLSN u64
 //	24 MaxLSN u64
@@ -52,7 +60,7 @@ import (
 //	64 crc32c of bytes 0..64 u32
 const (
 	layerMagic         = "NEONLYR1"
-	layerFormatVersion = 1
+	layerFormatVersion = 2
 	layerFooterLen     = 68
 
 	layerVersionHeaderLen = 8 + 1 + 4
@@ -70,6 +78,15 @@ const (
 	// fastcache drops entries whose key+value+4 reach 64 KiB; bigger
 	// records go through SetBig/GetBig.
 	layerCacheMaxEntry = 64 << 10
+
+	// valS2 is the on-disk kind of a compressed ValData value. Decoded
+	// records keep it until a value is handed out (inflate), so a read
+	// decompresses only the version it returns and a merge copies
+	// compressed values as they are.
+	valS2 ValueKind = 3
+	// maxInflated bounds a compressed value's decoded size: values are
+	// pages, inodes and dirents, far below it.
+	maxInflated = 1 << 20
 )
 
 var layerCRCTable = crc32.MakeTable(crc32.Castagnoli)
@@ -122,6 +139,13 @@ func EncodeLayer(entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
 // AppendLayer is EncodeLayer into buf's spare capacity: a flusher reuses one
 // buffer instead of faulting in a fresh one the size of every layer.
 func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, error) {
+	return appendLayer(buf, entries, minLSN, maxLSN, nil, true)
+}
+
+// appendLayer is AppendLayer that also adds to perBranch (when not nil) the
+// bytes each branch's versions take in the layer. Without compress, values
+// are stored as given.
+func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch map[uint32]int64, compress bool) ([]byte, error) {
 	if minLSN > maxLSN {
 		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
 	}
@@ -138,6 +162,11 @@ func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, er
 		case ValData:
 			if uint64(len(e.Value.Data)) > math.MaxUint32 {
 				return nil, fmt.Errorf("encode layer: entry %d (%v): value of %d bytes too large", i, e.Key, len(e.Value.Data))
+			}
+		case valS2:
+			// A compressed value read from a layer, passed through by a merge.
+			if n, err := s2.DecodedLen(e.Value.Data); err != nil || n > maxInflated {
+				return nil, fmt.Errorf("encode layer: entry %d (%v): bad compressed value (%d bytes decoded, %v)", i, e.Key, n, err)
 			}
 		case ValZero, ValTombstone:
 			if len(e.Value.Data) != 0 {
@@ -161,7 +190,7 @@ func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, er
 	}
 	buf = buf[:0]
 	var index []byte
-	var kb []byte
+	var kb, zb []byte
 	keys := 0
 	for i := 0; i < len(entries); {
 		j := i + 1
@@ -171,10 +200,19 @@ func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, er
 		off := len(buf)
 		buf = binary.BigEndian.AppendUint32(buf, uint32(j-i))
 		for _, e := range entries[i:j] {
+			kind, data := e.Value.Kind, e.Value.Data
+			if compress && kind == ValData && len(data) >= 64 {
+				if zb = s2.Encode(zb[:cap(zb)], data); len(zb) <= len(data)-len(data)/8 {
+					kind, data = valS2, zb
+				}
+			}
 			buf = binary.BigEndian.AppendUint64(buf, e.LSN)
-			buf = append(buf, byte(e.Value.Kind))
-			buf = binary.BigEndian.AppendUint32(buf, uint32(len(e.Value.Data)))
-			buf = append(buf, e.Value.Data...)
+			buf = append(buf, byte(kind))
+			buf = binary.BigEndian.AppendUint32(buf, uint32(len(data)))
+			buf = append(buf, data...)
+			if perBranch != nil {
+				perBranch[e.Key.Branch] += int64(len(data)+1) + versionOverhead
+			}
 		}
 		kb = AppendKey(kb[:0], entries[i].Key)
 		crc := crc32.Update(crc32.Update(0, layerCRCTable, kb), layerCRCTable, buf[off:])
@@ -305,6 +343,7 @@ type Layer struct {
 	store   ObjectStore
 	cache   *fastcache.Cache
 	meta    LayerMeta
+	format  uint32
 	entries uint64
 	dataLen uint64 // the index offset: records fill [0, dataLen)
 
@@ -358,8 +397,9 @@ func OpenLayer(ctx context.Context, store ObjectStore, name string, cache *fastc
 	if crc32.Checksum(f[:64], layerCRCTable) != footerCRC {
 		return nil, layerCorrupt(name, "footer checksum mismatch")
 	}
-	if v := binary.BigEndian.Uint32(f[8:]); v != layerFormatVersion {
-		return nil, layerCorrupt(name, "unsupported format version %d", v)
+	format := binary.BigEndian.Uint32(f[8:])
+	if format < 1 || format > layerFormatVersion {
+		return nil, layerCorrupt(name, "unsupported format version %d", format)
 	}
 	indexCRC := binary.BigEndian.Uint32(f[12:])
 	minLSN := binary.BigEndian.Uint64(f[16:])
@@ -396,6 +436,7 @@ func OpenLayer(ctx context.Context, store ObjectStore, name string, cache *fastc
 		store:   store,
 		cache:   cache,
 		meta:    LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: size, Keys: int(keys)},
+		format:  format,
 		entries: entries,
 		dataLen: indexOff,
 		index:   idx,
@@ -592,6 +633,15 @@ func (l *Layer) decodeRecord(e *layerIndexEntry, rec []byte) ([]Version, error) 
 		case ValData:
 			end := p + int(n)
 			v.Value.Data = body[p:end:end]
+		case valS2:
+			end := p + int(n)
+			if l.format < 2 {
+				return nil, bad("compressed value in a format %d layer", l.format)
+			}
+			if dn, err := s2.DecodedLen(body[p:end]); err != nil || dn > maxInflated {
+				return nil, bad("compressed value of %d bytes: decoded length %d (%v)", n, dn, err)
+			}
+			v.Value.Data = body[p:end:end]
 		case ValZero, ValTombstone:
 			if n != 0 {
 				return nil, bad("value kind %d with %d bytes", kind, n)
@@ -624,14 +674,16 @@ func (l *Layer) fromCache(e *layerIndexEntry) ([]Version, bool) {
 }
 
 // fromStore verifies rec, freshly read from the store, as the record of e
-// and caches it.
-func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
+// and caches it if asked to.
+func (l *Layer) fromStore(e *layerIndexEntry, rec []byte, cache bool) ([]Version, error) {
 	vs, err := l.decodeRecord(e, rec)
 	if err != nil {
 		forgetCorrupt(l.store, l.meta.Name, err)
 		return nil, err
 	}
-	l.storeCache(e, rec)
+	if cache {
+		l.storeCache(e, rec)
+	}
 	return vs, nil
 }
 
@@ -641,6 +693,22 @@ func forgetCorrupt(store ObjectStore, name string, err error) {
 	if f, ok := store.(interface{ Forget(string) }); ok && errors.Is(err, ErrCorrupt) {
 		f.Forget(name)
 	}
+}
+
+// inflate returns v with its value decompressed. With fresh, the data never
+// aliases the record.
+func (l *Layer) inflate(e *layerIndexEntry, v Version, fresh bool) (Version, error) {
+	switch {
+	case v.Value.Kind == valS2:
+		data, err := s2.Decode(nil, v.Value.Data)
+		if err != nil {
+			return Version{}, fmt.Errorf("layer %s: record at %d: %w: value at LSN %d: %v", l.meta.Name, e.off, ErrCorrupt, v.LSN, err)
+		}
+		v.Value = Value{Kind: ValData, Data: data}
+	case fresh && v.Value.Data != nil:
+		v.Value.Data = bytes.Clone(v.Value.Data)
+	}
+	return v, nil
 }
 
 // Get returns the newest version of key with LSN <= maxLSN in this layer.
@@ -666,19 +734,20 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 		if err != nil {
 			return Version{}, false, err
 		}
-		if vs, err = l.fromStore(&e, rec); err != nil {
+		if vs, err = l.fromStore(&e, rec, true); err != nil {
 			return Version{}, false, err
 		}
 	}
-	if len(vs) > 1 {
-		l.storeHead(&e, vs[0])
-	}
-	for _, v := range vs {
+	for i, v := range vs {
 		if v.LSN <= maxLSN {
-			// Copy so the caller does not pin the whole record, which may
-			// hold many older versions.
-			if v.Value.Data != nil {
-				v.Value.Data = bytes.Clone(v.Value.Data)
+			// A fresh copy, so the caller does not pin the whole record,
+			// which may hold many older versions.
+			v, err := l.inflate(&e, v, true)
+			if err != nil {
+				return Version{}, false, err
+			}
+			if i == 0 && len(vs) > 1 {
+				l.storeHead(&e, v)
 			}
 			return v, true, nil
 		}
@@ -716,16 +785,26 @@ func (l *Layer) Scan(ctx context.Context, from, to Key, maxLSN uint64, fn func(E
 	if from.Compare(to) >= 0 {
 		return nil
 	}
-	return l.scan(ctx, l.search(from), l.search(to), maxLSN, fn)
+	return l.scan(ctx, l.search(from), l.search(to), maxLSN, true, fn)
 }
 
 // All calls fn for every version in the layer, in layer order (key
 // ascending, LSN descending), reading the data section sequentially.
 func (l *Layer) All(ctx context.Context, fn func(Entry) error) error {
-	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, fn)
+	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, true, fn)
 }
 
-func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Entry) error) error {
+// allRaw is All for a merge: values stay as stored (compressed ones keep
+// kind valS2, for appendLayer to copy as they are), and the records read
+// are not cached, since a merge's reads would evict what foreground reads
+// use.
+func (l *Layer) allRaw(ctx context.Context, fn func(Entry) error) error {
+	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, false, fn)
+}
+
+// scan calls fn for each version at or below maxLSN of the records lo..hi.
+// With cooked, values are decompressed and records cached.
+func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, cooked bool, fn func(Entry) error) error {
 	// span holds records read ahead: the bytes at [spanOff, spanOff+len).
 	var span []byte
 	var spanOff uint64
@@ -741,7 +820,7 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Ent
 		var err error
 		end := e.off + uint64(e.n)
 		if e.off >= spanOff && end <= spanOff+uint64(len(span)) {
-			vs, err = l.fromStore(&e, span[e.off-spanOff:end-spanOff])
+			vs, err = l.fromStore(&e, span[e.off-spanOff:end-spanOff], cooked)
 		} else if cvs, ok := l.fromCache(&e); ok {
 			vs = cvs
 		} else {
@@ -758,7 +837,7 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Ent
 				return err
 			}
 			spanOff = e.off
-			vs, err = l.fromStore(&e, span[:e.n])
+			vs, err = l.fromStore(&e, span[:e.n], cooked)
 		}
 		if err != nil {
 			return err
@@ -767,6 +846,11 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Ent
 		for _, v := range vs {
 			if v.LSN > maxLSN {
 				continue
+			}
+			if cooked {
+				if v, err = l.inflate(&e, v, false); err != nil {
+					return err
+				}
 			}
 			if err := fn(Entry{Key: key, Version: v}); err != nil {
 				return err

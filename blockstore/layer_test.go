@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/VictoriaMetrics/fastcache"
+	"github.com/klauspost/compress/s2"
 )
 
 func sortEntries(es []Entry) {
@@ -36,6 +37,15 @@ func testPage(seed uint64, n int) []byte {
 	for i := range b {
 		b[i] = byte(r.Uint32())
 	}
+	return b
+}
+
+// sparsePage is a page with a random header and tail and zeros between:
+// it compresses well but not to nothing.
+func sparsePage(seed uint64) []byte {
+	b := make([]byte, BlockSize)
+	copy(b, testPage(seed, 200))
+	copy(b[BlockSize-600:], testPage(seed+1<<32, 600))
 	return b
 }
 
@@ -85,6 +95,14 @@ func testLayerEntries() []Entry {
 	// A hot page: 12 versions of 8 KiB make a ~96 KiB record.
 	for v := uint64(0); v < 12; v++ {
 		add(BlockKey(0, 6, 0), 700+v, Value{Kind: ValData, Data: testPage(9000+v, BlockSize)})
+	}
+	// Pages like Postgres's: mostly free space, so stored compressed; one
+	// of them hot.
+	for blk := uint64(0); blk < 6; blk++ {
+		add(BlockKey(0, 8, blk), 800+blk, Value{Kind: ValData, Data: sparsePage(blk)})
+	}
+	for v := uint64(0); v < 20; v++ {
+		add(BlockKey(0, 9, 0), 850+v, Value{Kind: ValData, Data: sparsePage(100 + v)})
 	}
 	add(InodeKey(1, 1), 1000, Value{Kind: ValData, Data: []byte("other branch")})
 	add(BlockKey(1, 1, math.MaxUint64), 11, Value{Kind: ValData, Data: []byte{}})
@@ -733,7 +751,7 @@ func TestLayerStructuralChecks(t *testing.T) {
 		name   string
 		mutate func([]byte)
 	}{
-		{"format version", put32(F+8, 2)},
+		{"format version", put32(F+8, 3)},
 		{"MinLSN above MaxLSN", put64(F+16, 11)},
 		{"MinLSN excludes a version", put64(F+16, 4)},
 		{"MaxLSN excludes a version", put64(F+24, 8)},
@@ -762,6 +780,7 @@ func TestLayerStructuralChecks(t *testing.T) {
 		{"tombstone with data", func(b []byte) { b[ver(1)+8] = byte(ValTombstone) }},
 		{"value length overrun", put32(ver(1)+9, 1000)},
 		{"value length short", put32(ver(1)+9, 1)},
+		{"compressed value that does not decode", func(b []byte) { b[ver(0)+8] = byte(valS2) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -778,4 +797,72 @@ func TestLayerStructuralChecks(t *testing.T) {
 			t.Log(err)
 		})
 	}
+}
+
+// TestLayerCompressedValues: values that compress are stored compressed
+// and read back exactly, by Get, Scan and a merge that copies them as they
+// are; a compressed value is only valid in a format 2 layer.
+func TestLayerCompressedValues(t *testing.T) {
+	ctx := context.Background()
+	var es []Entry
+	raw := 0
+	for blk := uint64(0); blk < 40; blk++ {
+		v := Value{Kind: ValData, Data: sparsePage(blk)}
+		if blk%4 == 0 {
+			v.Data = testPage(blk, BlockSize) // incompressible: stored as is
+		}
+		es = append(es, Entry{Key: BlockKey(0, 3, blk), Version: Version{LSN: 11 + blk, Value: v}})
+		raw += len(v.Data)
+	}
+	st := newMemObjStore()
+	b := putLayer(t, st, "l", es, 10, 100)
+	if len(b) > raw/2 {
+		t.Fatalf("layer of %d bytes for %d bytes of values: values not compressed", len(b), raw)
+	}
+	if err := readAllLayer(t, st, "l", es, fastcache.New(32<<20)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A merge copies compressed values through; they read back the same.
+	s := NewStore(st, 1<<20)
+	s.AddLayer(LayerMeta{Name: "l", MinLSN: 10, MaxLSN: 100})
+	more := []Entry{{Key: BlockKey(0, 3, 0), Version: Version{LSN: 150, Value: Value{Kind: ValData, Data: sparsePage(999)}}}}
+	putLayer(t, st, "m", more, 100, 200)
+	s.AddLayer(LayerMeta{Name: "m", MinLSN: 100, MaxLSN: 200})
+	meta, _, err := s.MergeLayers(ctx, []string{"l", "m"}, &Retain{Horizon: 0, Live: map[uint32]bool{0: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]Entry{more[0]}, es...)
+	if err := readAllLayer(t, st, meta.Name, want, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// A tiny value is stored as is; planted with the compressed kind it
+	// decodes in format 2 and is refused in format 1.
+	hello := []byte("hello hello hello hello")
+	one := []Entry{{Key: BlockKey(0, 4, 0), Version: Version{LSN: 20, Value: Value{Kind: ValData, Data: s2.Encode(nil, hello)}}}}
+	b, err = EncodeLayer(one, 10, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[4+8] = byte(valS2) // record 0, version 0, kind
+	fixLayerCRCs(b)
+	one[0].Value.Data = hello
+	if err := readAllLayer(t, stStore(st, "p", b), "p", one, nil); err != nil {
+		t.Fatalf("planted compressed value: %v", err)
+	}
+	binary.BigEndian.PutUint32(b[len(b)-layerFooterLen+8:], 1)
+	fixLayerCRCs(b)
+	if _, _, err := readLayerGet(ctx, stStore(st, "p", b), "p", one[0].Key); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("compressed value in a format 1 layer: err = %v, want ErrCorrupt", err)
+	}
+}
+
+func readLayerGet(ctx context.Context, st ObjectStore, name string, k Key) (Version, bool, error) {
+	l, err := OpenLayer(ctx, st, name, nil)
+	if err != nil {
+		return Version{}, false, err
+	}
+	return l.Get(ctx, k, math.MaxUint64)
 }

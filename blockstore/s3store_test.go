@@ -551,7 +551,7 @@ func TestS3Layer(t *testing.T) {
 
 	// A flipped byte in a record: the layer opens, the read fails.
 	bad := bytes.Clone(good)
-	bad[100] ^= 0x40
+	bad[10] ^= 0x40 // inside the first record (block 0)
 	overwrite(bad)
 	l, err = blockstore.OpenLayer(ctx, objs, meta.Name, nil)
 	if err != nil {

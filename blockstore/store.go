@@ -173,7 +173,8 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 	entries := mergeEntries(segs)
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
-	data, err := AppendLayer(s.encBuf, entries, minLSN, maxLSN)
+	perBranch := make(map[uint32]int64)
+	data, err := appendLayer(s.encBuf, entries, minLSN, maxLSN, perBranch, true)
 	if err != nil {
 		return LayerMeta{}, false, fmt.Errorf("encode layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
@@ -183,12 +184,10 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)
 	}
 	keys := 0
-	perBranch := make(map[uint32]int64)
 	for i, e := range entries {
 		if i == 0 || e.Key != entries[i-1].Key {
 			keys++
 		}
-		perBranch[e.Key.Branch] += int64(e.Value.Size()) + versionOverhead
 	}
 	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: keys,
 		BranchBytes: perBranch}, true, nil
