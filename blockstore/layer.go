@@ -143,8 +143,9 @@ func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, er
 }
 
 // appendLayer is AppendLayer that also adds to perBranch (when not nil) the
-// bytes each branch's versions take in the layer. Without compress, values
-// are stored as given.
+// bytes each branch's versions hold, uncompressed like the memtable's
+// count, so a branch's size does not change when it is flushed. Without
+// compress, values are stored as given.
 func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch map[uint32]int64, compress bool) ([]byte, error) {
 	if minLSN > maxLSN {
 		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
@@ -211,7 +212,7 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch m
 			buf = binary.BigEndian.AppendUint32(buf, uint32(len(data)))
 			buf = append(buf, data...)
 			if perBranch != nil {
-				perBranch[e.Key.Branch] += int64(len(data)+1) + versionOverhead
+				perBranch[e.Key.Branch] += int64(logicalSize(e.Value)) + versionOverhead
 			}
 		}
 		kb = AppendKey(kb[:0], entries[i].Key)
@@ -693,6 +694,15 @@ func forgetCorrupt(store ObjectStore, name string, err error) {
 	if f, ok := store.(interface{ Forget(string) }); ok && errors.Is(err, ErrCorrupt) {
 		f.Forget(name)
 	}
+}
+
+// logicalSize is Value.Size of v decompressed.
+func logicalSize(v Value) int {
+	if v.Kind == valS2 {
+		n, _ := s2.DecodedLen(v.Data) // checked by appendLayer and decodeRecord
+		return n + 1
+	}
+	return v.Size()
 }
 
 // inflate returns v with its value decompressed. With fresh, the data never

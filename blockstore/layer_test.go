@@ -837,6 +837,14 @@ func TestLayerCompressedValues(t *testing.T) {
 	if err := readAllLayer(t, st, meta.Name, want, nil); err != nil {
 		t.Fatal(err)
 	}
+	// Branch sizes count values uncompressed, like the memtable does.
+	var logical int64
+	for _, e := range want {
+		logical += int64(e.Value.Size()) + versionOverhead
+	}
+	if got := meta.BranchBytes[0]; got != logical {
+		t.Errorf("merged layer: branch bytes %d, want %d (uncompressed)", got, logical)
+	}
 
 	// A tiny value is stored as is; planted with the compressed kind it
 	// decodes in format 2 and is refused in format 1.

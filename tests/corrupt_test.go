@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,20 +17,26 @@ import (
 	"github.com/neonfs/neonfs/blockstore/s3test"
 )
 
-// corruptLineLen divides the block size, so no line straddles two blocks
-// and each line can be found verbatim in a layer object's block records.
-const corruptLineLen = 32
+// corruptStride divides the block size, so no marker line straddles two
+// blocks. The random bytes between the lines keep blocks from compressing,
+// so each line can be found verbatim in a layer object's block records.
+const corruptStride = 1024
 
-// corruptLine is the line at off in file name: unique in the volume, so a
-// misdirected read shows up as wrong bytes, not as a lucky match.
+// corruptLine is the marker line at off in file name: unique in the
+// volume, so a misdirected read shows up as wrong bytes, not as a lucky
+// match.
 func corruptLine(name string, off int) []byte {
 	return fmt.Appendf(nil, "%-8s %022d\n", name, off)
 }
 
 func corruptContent(name string, size int) []byte {
-	b := make([]byte, 0, size)
-	for off := 0; off < size; off += corruptLineLen {
-		b = append(b, corruptLine(name, off)...)
+	r := rand.New(rand.NewPCG(uint64(crc32.ChecksumIEEE([]byte(name))), 1))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	for off := 0; off < size; off += corruptStride {
+		copy(b[off:], corruptLine(name, off))
 	}
 	return b
 }
@@ -155,7 +163,7 @@ func TestCorruptObject(t *testing.T) {
 	if targetKind() != "neonfs" {
 		t.Skip("tests neonfs's layer objects")
 	}
-	const victimOff = 1<<20 + 5*corruptLineLen // inside block 128
+	const victimOff = 1<<20 + 5*corruptStride // inside block 128
 	for _, backend := range []string{"dir", "s3"} {
 		t.Run(backend+"/bitflip", func(t *testing.T) {
 			v := newCorruptVolume(t, backend)
