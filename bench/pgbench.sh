@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# pgbench on native ext4 and then on neonfs, in one run, with the ratio.
+# pgbench on native ext4 and on neonfs, in one run, with the ratio.
 #
 #   sudo bench/pgbench.sh
+#   sudo ROUNDS=1 DURATION=10 bench/pgbench.sh   # quick check
 #
-# For each file system: initdb, `pgbench -i -s $SCALE`, CHECKPOINT and let
-# the load's writes settle (sync; on neonfs, until no flush or merge runs),
-# then TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`,
-# same options).
+# Each file system gets initdb, `pgbench -i -s $SCALE`, CHECKPOINT, and its
+# writes settled (sync; on neonfs, until no flush or merge runs). Then, for
+# each of $ROUNDS rounds, TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and
+# select-only (`-S`, same options) run on native and then on neonfs, each
+# after the file systems settle again. Both Postgres servers stay up; only
+# one runs a workload at a time. Throughput on these shared machines swings
+# by 20% between identical runs, so the rounds alternate and the ratio
+# reported is the median of the per-round ratios.
 # Native runs in a temp dir under /var/tmp; neonfs builds the binary (or uses
 # $NEONFS_BIN), inits a volume under the same temp dir and mounts it.
 # Everything (Postgres, the daemon, the mount, the temp dir) is cleaned up on
 # exit.
 #
-# Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30),
+# Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (3),
 # NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +27,7 @@ SCALE=${SCALE:-20}
 CLIENTS=${CLIENTS:-4}
 JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
+ROUNDS=${ROUNDS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system and runs Postgres as postgres)" >&2; exit 1; }
@@ -52,49 +58,47 @@ trap 'exit 130' INT TERM
 
 tps_of() { awk '/^tps = /{print $3; exit}'; }
 
-# bench_on LABEL DIR: sets RES_TPCB and RES_SEL (TPS).
-bench_on() {
-	local label=$1 dir=$2 pgdata port out tpcb sel
-	pgdata=$dir/pgdata
+declare -A PORT
+
+# setup_on LABEL DIR: a loaded, checkpointed database on DIR, left running.
+setup_on() {
+	local label=$1 dir=$2 pgdata=$2/pgdata port
 	mkdir "$pgdata"
 	chown postgres:postgres "$pgdata"
 	chmod 0700 "$pgdata"
 	PGDATAS+=("$pgdata")
 	port=$(free_port)
-	export PGHOST=$SOCK PGPORT=$port PGUSER=postgres PGDATABASE=postgres
-
+	PORT[$label]=$port
 	echo "bench[$label]: initdb in $pgdata" >&2
 	as_postgres "$PGBIN/initdb" -D "$pgdata" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
-	as_postgres "$PGBIN/pg_ctl" start -D "$pgdata" -l "$LOGS/$label-postgres.log" -w -t 600 \
-		-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB" >/dev/null
+	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port"
 	echo "bench[$label]: pgbench -i -s $SCALE" >&2
 	local t0=$SECONDS
-	as_postgres "$PGBIN/pgbench" -i -s "$SCALE" -q >/dev/null 2>&1
-	echo "bench[$label]: init took $((SECONDS - t0))s; checkpoint and settle" >&2
-	# Both file systems start the timed runs from a clean state: the load's
-	# dirty pages written back (native) or flushed to layers (neonfs).
-	as_postgres "$PGBIN/psql" -X -q -c "CHECKPOINT" >/dev/null
-	sync
-	if [ "$label" = neonfs ]; then
-		neonfs_settle "$BIN" "$WORK/volume"
-	fi
-	echo "bench[$label]: TPC-B for ${DURATION}s" >&2
-	out=$(as_postgres "$PGBIN/pgbench" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" 2>&1)
-	tpcb=$(tps_of <<<"$out")
-	echo "bench[$label]: select-only for ${DURATION}s" >&2
-	out=$(as_postgres "$PGBIN/pgbench" -S -c "$CLIENTS" -j "$JOBS" -T "$DURATION" 2>&1)
-	sel=$(tps_of <<<"$out")
-	as_postgres "$PGBIN/pg_ctl" stop -D "$pgdata" -m fast -w -t 600 >/dev/null
-	echo "bench[$label]: TPC-B $tpcb tps, select-only $sel tps" >&2
-	RES_TPCB=${tpcb:-0} RES_SEL=${sel:-0}
+	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "$port" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
+	echo "bench[$label]: init took $((SECONDS - t0))s" >&2
+	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
 }
 
-# 1. Native.
-mkdir -m 0755 "$WORK/native"
-bench_on native "$WORK/native"
-NATIVE_TPCB=$RES_TPCB NATIVE_SEL=$RES_SEL
+# settle: both file systems quiet: dirty pages written back (native) and no
+# flush or merge running (neonfs).
+settle() {
+	sync
+	neonfs_settle "$BIN" "$WORK/volume"
+}
 
-# 2. neonfs.
+# run_on LABEL ARGS...: prints the TPS of one timed pgbench run.
+run_on() {
+	local label=$1 out
+	shift
+	settle
+	echo "bench[$label]: pgbench $* for ${DURATION}s" >&2
+	out=$(as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$label]}" -U postgres "$@" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres 2>&1)
+	tps_of <<<"$out"
+}
+
+mkdir -m 0755 "$WORK/native"
+setup_on native "$WORK/native"
+
 neonfs_binary "$WORK"
 "$BIN" init --data "$WORK/volume" >&2
 mkdir -m 0755 "$MNT"
@@ -106,9 +110,19 @@ for _ in $(seq 1 600); do
 	sleep 0.1
 done
 mountpoint -q "$MNT" || { echo "bench: $MNT not mounted after 60s" >&2; cat "$LOGS/neonfs.log" >&2; exit 1; }
-bench_on neonfs "$MNT"
-NEONFS_TPCB=$RES_TPCB NEONFS_SEL=$RES_SEL
+setup_on neonfs "$MNT"
 
+declare -a N_TPCB F_TPCB N_SEL F_SEL
+for r in $(seq 1 "$ROUNDS"); do
+	N_TPCB[r]=$(run_on native)
+	F_TPCB[r]=$(run_on neonfs)
+	N_SEL[r]=$(run_on native -S)
+	F_SEL[r]=$(run_on neonfs -S)
+	echo "bench: round $r/$ROUNDS: TPC-B ${N_TPCB[r]} / ${F_TPCB[r]}, select-only ${N_SEL[r]} / ${F_SEL[r]} (native / neonfs)" >&2
+done
+
+for d in "${PGDATAS[@]}"; do pg_stop "$d"; done
+PGDATAS=()
 kill -TERM "$DAEMON_PID"
 if ! wait "$DAEMON_PID"; then
 	echo "bench: warning: neonfs did not exit 0 on SIGTERM" >&2
@@ -117,8 +131,18 @@ DAEMON_PID=""
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 
+# median of the arguments
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 echo
-echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per workload"
-printf '%-14s %12s %12s %14s\n' workload "native tps" "neonfs tps" "neonfs/native"
-printf '%-14s %12.1f %12.1f %14s\n' tpc-b "$NATIVE_TPCB" "$NEONFS_TPCB" "$(ratio "$NEONFS_TPCB" "$NATIVE_TPCB")"
-printf '%-14s %12.1f %12.1f %14s\n' select-only "$NATIVE_SEL" "$NEONFS_SEL" "$(ratio "$NEONFS_SEL" "$NATIVE_SEL")"
+echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS alternating rounds"
+printf '%-14s %6s %12s %12s %14s\n' workload round "native tps" "neonfs tps" "neonfs/native"
+TR=() SR=()
+for r in $(seq 1 "$ROUNDS"); do
+	TR+=("$(ratio "${F_TPCB[r]}" "${N_TPCB[r]}")")
+	SR+=("$(ratio "${F_SEL[r]}" "${N_SEL[r]}")")
+	printf '%-14s %6s %12.1f %12.1f %14s\n' tpc-b "$r" "${N_TPCB[r]}" "${F_TPCB[r]}" "${TR[-1]}"
+	printf '%-14s %6s %12.1f %12.1f %14s\n' select-only "$r" "${N_SEL[r]}" "${F_SEL[r]}" "${SR[-1]}"
+done
+printf '%-14s %6s %12.1f %12.1f %14s\n' tpc-b median "$(median "${N_TPCB[@]}")" "$(median "${F_TPCB[@]}")" "$(printf '%.3f' "$(median "${TR[@]}")")"
+printf '%-14s %6s %12.1f %12.1f %14s\n' select-only median "$(median "${N_SEL[@]}")" "$(median "${F_SEL[@]}")" "$(printf '%.3f' "$(median "${SR[@]}")")"
