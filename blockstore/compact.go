@@ -104,8 +104,8 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 	minLSN, maxLSN := refs[0].meta.MinLSN, refs[len(refs)-1].meta.MaxLSN
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
-	perBranch := make(map[uint32]int64)
-	data, err := appendLayer(s.encBuf, out, minLSN, maxLSN, perBranch, true)
+	counts := layerCounts{branchBytes: make(map[uint32]int64)}
+	data, err := appendLayer(s.encBuf, out, minLSN, maxLSN, &counts, true)
 	if err != nil {
 		return LayerMeta{}, st, fmt.Errorf("encode merged layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
@@ -116,13 +116,8 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 	if err := s.objects.Put(ctx, name, data); err != nil {
 		return LayerMeta{}, st, fmt.Errorf("upload merged layer %s: %w", name, err)
 	}
-	meta := LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)),
-		BranchBytes: perBranch}
-	for i, e := range out {
-		if i == 0 || e.Key != out[i-1].Key {
-			meta.Keys++
-		}
-	}
+	meta := LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: counts.keys,
+		BranchBytes: counts.branchBytes}
 	st.OutputBytes, st.Versions = meta.Size, int64(len(out))
 	return meta, st, nil
 }

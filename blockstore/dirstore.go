@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/neonfs/neonfs/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -211,7 +212,7 @@ func dirStoreWriteFile(parent, path string, data []byte) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return dirStoreSyncDir(parent)
+	return durable.SyncDir(parent)
 }
 
 // mkdirs creates dir and its missing parents below the store root, fsyncing
@@ -236,27 +237,12 @@ func (s *DirStore) mkdirs(dir string) error {
 			// A concurrent Put created it; it may still be unsynced, so
 			// sync the parent anyway.
 			if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
-				return dirStoreSyncDir(parent)
+				return durable.SyncDir(parent)
 			}
 		}
 		return err
 	}
-	return dirStoreSyncDir(parent)
-}
-
-func dirStoreSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
+	return durable.SyncDir(parent)
 }
 
 // open opens an object for reading; a directory is not an object.
@@ -369,7 +355,7 @@ func (s *DirStore) Delete(ctx context.Context, name string) error {
 	if err := os.Remove(p); err != nil {
 		return dirStoreNotFound("delete", name, err)
 	}
-	if err := dirStoreSyncDir(filepath.Dir(p)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(p)); err != nil {
 		return fmt.Errorf("delete object %s: %w", name, err)
 	}
 	return nil

@@ -142,11 +142,18 @@ func AppendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64) ([]byte, er
 	return appendLayer(buf, entries, minLSN, maxLSN, nil, true)
 }
 
-// appendLayer is AppendLayer that also adds to perBranch (when not nil) the
-// bytes each branch's versions hold, uncompressed like the memtable's
-// count, so a branch's size does not change when it is flushed. Without
+// layerCounts is what appendLayer reports about a layer it encodes.
+type layerCounts struct {
+	keys int
+	// branchBytes is the bytes each branch's versions hold, uncompressed
+	// like the memtable's count, so a branch's size does not change when
+	// it is flushed.
+	branchBytes map[uint32]int64
+}
+
+// appendLayer is AppendLayer that also fills counts when not nil. Without
 // compress, values are stored as given.
-func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch map[uint32]int64, compress bool) ([]byte, error) {
+func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, counts *layerCounts, compress bool) ([]byte, error) {
 	if minLSN > maxLSN {
 		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
 	}
@@ -211,8 +218,8 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch m
 			buf = append(buf, byte(kind))
 			buf = binary.BigEndian.AppendUint32(buf, uint32(len(data)))
 			buf = append(buf, data...)
-			if perBranch != nil {
-				perBranch[e.Key.Branch] += int64(logicalSize(e.Value)) + versionOverhead
+			if counts != nil {
+				counts.branchBytes[e.Key.Branch] += int64(logicalSize(e.Value)) + versionOverhead
 			}
 		}
 		kb = AppendKey(kb[:0], entries[i].Key)
@@ -248,6 +255,9 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, perBranch m
 	buf = binary.BigEndian.AppendUint64(buf, uint64(indexOff))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(len(index)))
 	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf[f:], layerCRCTable))
+	if counts != nil {
+		counts.keys = keys
+	}
 	return buf, nil
 }
 

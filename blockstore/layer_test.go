@@ -842,6 +842,9 @@ func TestLayerCompressedValues(t *testing.T) {
 	for _, e := range want {
 		logical += int64(e.Value.Size()) + versionOverhead
 	}
+	if meta.Keys != len(es) {
+		t.Errorf("merged layer: %d keys, want %d", meta.Keys, len(es))
+	}
 	if got := meta.BranchBytes[0]; got != logical {
 		t.Errorf("merged layer: branch bytes %d, want %d (uncompressed)", got, logical)
 	}

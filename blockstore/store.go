@@ -173,8 +173,8 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 	entries := mergeEntries(segs)
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
-	perBranch := make(map[uint32]int64)
-	data, err := appendLayer(s.encBuf, entries, minLSN, maxLSN, perBranch, true)
+	counts := layerCounts{branchBytes: make(map[uint32]int64)}
+	data, err := appendLayer(s.encBuf, entries, minLSN, maxLSN, &counts, true)
 	if err != nil {
 		return LayerMeta{}, false, fmt.Errorf("encode layer (%d, %d]: %w", minLSN, maxLSN, err)
 	}
@@ -183,14 +183,8 @@ func (s *Store) WriteLayer(ctx context.Context, upTo uint64) (meta LayerMeta, ok
 	if err := s.objects.Put(ctx, name, data); err != nil {
 		return LayerMeta{}, false, fmt.Errorf("upload layer %s: %w", name, err)
 	}
-	keys := 0
-	for i, e := range entries {
-		if i == 0 || e.Key != entries[i-1].Key {
-			keys++
-		}
-	}
-	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: keys,
-		BranchBytes: perBranch}, true, nil
+	return LayerMeta{Name: name, MinLSN: minLSN, MaxLSN: maxLSN, Size: int64(len(data)), Keys: counts.keys,
+		BranchBytes: counts.branchBytes}, true, nil
 }
 
 // versionOverhead approximates the bytes a version costs beyond its value

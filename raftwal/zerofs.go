@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft-wal/fs"
 	"github.com/hashicorp/raft-wal/types"
+	"github.com/neonfs/neonfs/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,15 +123,7 @@ func (f *zeroFile) Sync() error {
 		return err
 	}
 	if f.fresh {
-		d, err := os.Open(f.dir)
-		if err != nil {
-			return err
-		}
-		err = d.Sync()
-		if cerr := d.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := durable.SyncDir(f.dir); err != nil {
 			return err
 		}
 		f.fresh = false

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/durable"
 )
 
 // A remote manifest publishes in the object store everything needed to
@@ -193,12 +194,7 @@ func replaceFileSync(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.SyncDir(filepath.Dir(path))
 }
 
 // publish uploads a manifest of the state at fr (whose layers the store
