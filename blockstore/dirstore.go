@@ -163,56 +163,103 @@ func dirStoreNotFound(op, name string, err error) error {
 // fsyncs the directory, so that after a crash the object is either absent or
 // complete.
 func (s *DirStore) Put(ctx context.Context, name string, data []byte) error {
-	if err := s.checkName("put", name); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("put object %s: %w", name, err)
-	}
-	parent := filepath.Dir(s.path(name))
-	if err := s.mkdirs(parent); err != nil {
-		return fmt.Errorf("put object %s: %w", name, err)
-	}
-	if err := dirStoreWriteFile(parent, s.path(name), data); err != nil {
-		return fmt.Errorf("put object %s: %w", name, err)
-	}
-	return nil
-}
-
-func dirStoreWriteFile(parent, path string, data []byte) (err error) {
-	f, err := os.CreateTemp(parent, dirStoreTempPrefix+"*")
+	f, err := s.CreateTemp(ctx, name)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
 	// Allocated up front, the object's blocks are not new at writeback: on
 	// ext4 (data=ordered) the log's next fsync would otherwise commit their
 	// allocation and wait for all their data. Only a hint where unsupported.
 	if len(data) > 1<<20 {
 		if ferr := unix.Fallocate(int(f.Fd()), 0, 0, int64(len(data))); errors.Is(ferr, syscall.ENOSPC) {
-			return ferr
+			discardTemp(f)
+			return fmt.Errorf("put object %s: %w", name, ferr)
 		}
 	}
-	if err = writeSmoothly(f, data); err != nil {
-		return err
+	w := &smoothWriter{f: f, pace: len(data) > smoothChunk}
+	if _, err := w.Write(data); err != nil {
+		discardTemp(f)
+		return fmt.Errorf("put object %s: %w", name, err)
 	}
-	if err = f.Sync(); err != nil {
-		return err
+	return s.PutFile(ctx, name, f)
+}
+
+// CreateTemp returns a new temporary file beside where the object name
+// will be, for PutFile.
+func (s *DirStore) CreateTemp(ctx context.Context, name string) (*os.File, error) {
+	if err := s.checkName("put", name); err != nil {
+		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("put object %s: %w", name, err)
+	}
+	parent := filepath.Dir(s.path(name))
+	if err := s.mkdirs(parent); err != nil {
+		return nil, fmt.Errorf("put object %s: %w", name, err)
+	}
+	f, err := os.CreateTemp(parent, dirStoreTempPrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("put object %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// PutFile makes f, a file from CreateTemp holding the whole object, the
+// object name: it fsyncs f, renames it into place and fsyncs the
+// directory. It closes f, and removes it on error.
+func (s *DirStore) PutFile(ctx context.Context, name string, f *os.File) error {
+	err := f.Sync()
 	// Close can report a deferred write error (NFS, quota), so check it.
-	if err = f.Close(); err != nil {
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
+	if err == nil {
+		err = os.Rename(f.Name(), s.path(name))
 	}
-	return durable.SyncDir(parent)
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	if err := durable.SyncDir(filepath.Dir(s.path(name))); err != nil {
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	return nil
+}
+
+// RemoveStaleTemps deletes the temporary files of Puts and merges that a
+// crash cut short (up to a gigabyte each), once nothing has written to
+// them for age: a Put in progress keeps writing to its file.
+func (s *DirStore) RemoveStaleTemps(age time.Duration) (n int, bytes int64, err error) {
+	err = filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), dirStoreTempPrefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil || time.Since(fi.ModTime()) < age {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		n++
+		bytes += fi.Size()
+		return nil
+	})
+	if err != nil {
+		return n, bytes, fmt.Errorf("remove stale temporary files in %s: %w", s.dir, err)
+	}
+	return n, bytes, nil
+}
+
+func discardTemp(f *os.File) {
+	f.Close()
+	os.Remove(f.Name())
 }
 
 // mkdirs creates dir and its missing parents below the store root, fsyncing
@@ -431,23 +478,34 @@ func (s *DirStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error
 	return out, nil
 }
 
-// writeSmoothly writes data in chunks, starting writeback of each chunk as
-// it goes and pausing briefly between chunks. A layer is 100+ MiB; written
-// at once and fsynced, it would monopolise the disk for a fraction of a
-// second, and every Raft commit (a Postgres fsync waiting) would queue
-// behind it. Spread out, the final fsync has little left to do.
-func writeSmoothly(f *os.File, data []byte) error {
-	const chunk = 2 << 20
-	for off := 0; off < len(data); off += chunk {
-		end := min(off+chunk, len(data))
-		if _, err := f.Write(data[off:end]); err != nil {
-			return err
+// smoothChunk is how much a smoothWriter writes before starting writeback.
+const smoothChunk = 2 << 20
+
+// smoothWriter writes to f in chunks and, with pace, starts writeback of
+// each chunk as it goes and pauses briefly between chunks. A layer is
+// 100+ MiB; written at once and fsynced, it would monopolise the disk for
+// a fraction of a second, and every Raft commit (a Postgres fsync waiting)
+// would queue behind it. Spread out, the final fsync has little left to do.
+type smoothWriter struct {
+	f    *os.File
+	pace bool
+	off  int64
+}
+
+func (w *smoothWriter) Write(data []byte) (int, error) {
+	for done := 0; done < len(data); {
+		end := min(done+smoothChunk, len(data))
+		n, err := w.f.Write(data[done:end])
+		if err != nil {
+			return done + n, err
 		}
-		if len(data) > chunk {
-			// Start writeback now; it is only a hint, so errors are left to Sync.
-			unix.SyncFileRange(int(f.Fd()), int64(off), int64(end-off), unix.SYNC_FILE_RANGE_WRITE)
+		if w.pace {
+			// Only a hint: errors are left to Sync.
+			unix.SyncFileRange(int(w.f.Fd()), w.off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
 			time.Sleep(2 * time.Millisecond)
 		}
+		w.off += int64(n)
+		done = end
 	}
-	return nil
+	return len(data), nil
 }

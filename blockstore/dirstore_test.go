@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func newTestDirStore(t *testing.T) *DirStore {
@@ -320,5 +322,60 @@ func TestDirStoreCanceled(t *testing.T) {
 	}
 	if _, err := s.Get(ctx, "x"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Get: %v", err)
+	}
+}
+
+// TestDirStoreStaging: an object written through CreateTemp and PutFile
+// reads back like a Put one; the temporary files of interrupted uploads
+// are removed once stale, and only then.
+func TestDirStoreStaging(t *testing.T) {
+	ctx := context.Background()
+	s, err := NewDirStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.CreateTemp(ctx, "layers/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("staged")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutFile(ctx, "layers/a", f); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Get(ctx, "layers/a"); err != nil || string(b) != "staged" {
+		t.Fatalf("get = %q, %v", b, err)
+	}
+	if _, err := s.CreateTemp(ctx, "../escape"); err == nil {
+		t.Errorf("CreateTemp accepted a name outside the store")
+	}
+	stale, err := s.CreateTemp(ctx, "layers/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.Write(make([]byte, 100))
+	stale.Close()
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(stale.Name(), old, old); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := s.CreateTemp(ctx, "layers/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	n, bytes, err := s.RemoveStaleTemps(time.Hour)
+	if err != nil || n != 1 || bytes != 100 {
+		t.Fatalf("RemoveStaleTemps = %d, %d, %v; want 1 file of 100 bytes", n, bytes, err)
+	}
+	if _, err := os.Stat(stale.Name()); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale temporary file still there: %v", err)
+	}
+	if _, err := os.Stat(fresh.Name()); err != nil {
+		t.Errorf("fresh temporary file removed: %v", err)
+	}
+	if objs, err := s.List(ctx, ""); err != nil || len(objs) != 1 {
+		t.Errorf("objects after cleanup: %v, %v", objs, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math"
 	"sort"
 
@@ -196,70 +197,130 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, counts *lay
 	if need := size + len(entries)*(8+layerMinIndexEntryLen+8) + layerFooterLen; cap(buf) < need {
 		buf = make([]byte, 0, need)
 	}
-	buf = buf[:0]
-	var index []byte
-	var kb, zb []byte
-	keys := 0
+	lw := &layerWriter{buf: buf[:0], compress: compress, counts: counts}
+	vs := make([]Version, 0, 16)
 	for i := 0; i < len(entries); {
-		j := i + 1
-		for j < len(entries) && entries[j].Key.Compare(entries[i].Key) == 0 {
-			j++
+		vs = vs[:0]
+		j := i
+		for ; j < len(entries) && entries[j].Key.Compare(entries[i].Key) == 0; j++ {
+			vs = append(vs, entries[j].Version)
 		}
-		off := len(buf)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(j-i))
-		for _, e := range entries[i:j] {
-			kind, data := e.Value.Kind, e.Value.Data
-			if compress && kind == ValData && len(data) >= 64 {
-				if zb = s2.Encode(zb[:cap(zb)], data); len(zb) <= len(data)-len(data)/8 {
-					kind, data = valS2, zb
-				}
-			}
-			buf = binary.BigEndian.AppendUint64(buf, e.LSN)
-			buf = append(buf, byte(kind))
-			buf = binary.BigEndian.AppendUint32(buf, uint32(len(data)))
-			buf = append(buf, data...)
-			if counts != nil {
-				counts.branchBytes[e.Key.Branch] += int64(logicalSize(e.Value)) + versionOverhead
-			}
+		if err := lw.add(entries[i].Key, vs, nil); err != nil {
+			return nil, err
 		}
-		kb = AppendKey(kb[:0], entries[i].Key)
-		crc := crc32.Update(crc32.Update(0, layerCRCTable, kb), layerCRCTable, buf[off:])
-		buf = binary.BigEndian.AppendUint32(buf, crc)
-		n := len(buf) - off
-		if uint64(n) > math.MaxUint32 || j-i > math.MaxUint32 {
-			return nil, fmt.Errorf("encode layer: key %v: record of %d bytes too large", entries[i].Key, n)
-		}
-		index = append(index, kb...)
-		index = binary.BigEndian.AppendUint64(index, uint64(off))
-		index = binary.BigEndian.AppendUint32(index, uint32(n))
-		index = binary.BigEndian.AppendUint64(index, entries[j-1].LSN)
-		index = binary.BigEndian.AppendUint32(index, crc)
-		keys++
 		i = j
 	}
-	// The in-memory index addresses entries with uint32 offsets.
-	if uint64(len(index)) > math.MaxUint32 {
-		return nil, fmt.Errorf("encode layer: index of %d bytes too large", len(index))
-	}
-	indexOff := len(buf)
-	buf = append(buf, index...)
-
-	f := len(buf)
-	buf = append(buf, layerMagic...)
-	buf = binary.BigEndian.AppendUint32(buf, layerFormatVersion)
-	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(index, layerCRCTable))
-	buf = binary.BigEndian.AppendUint64(buf, minLSN)
-	buf = binary.BigEndian.AppendUint64(buf, maxLSN)
-	buf = binary.BigEndian.AppendUint64(buf, uint64(len(entries)))
-	buf = binary.BigEndian.AppendUint64(buf, uint64(keys))
-	buf = binary.BigEndian.AppendUint64(buf, uint64(indexOff))
-	buf = binary.BigEndian.AppendUint64(buf, uint64(len(index)))
-	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf[f:], layerCRCTable))
-	if counts != nil {
-		counts.keys = keys
-	}
-	return buf, nil
+	return lw.finish(minLSN, maxLSN)
 }
+
+// layerWriter encodes a layer record by record, in key order. With w set,
+// it writes the records out as they fill buf, so a merge of gigabytes
+// holds only the index in memory; without, buf receives the whole layer.
+type layerWriter struct {
+	w        io.Writer
+	buf      []byte
+	written  uint64 // bytes already handed to w
+	index    []byte
+	versions uint64
+	keys     int
+	compress bool
+	counts   *layerCounts
+	kb, zb   []byte
+}
+
+// layerWriterFlush is how many bytes a layerWriter with w gathers per write.
+const layerWriterFlush = 1 << 20
+
+// add appends the record of key holding vs (newest first). raw, when not
+// nil, is that record as stored in another layer, already verified: it is
+// copied as it is, its checksum included, instead of being encoded again.
+func (lw *layerWriter) add(key Key, vs []Version, raw []byte) error {
+	off := lw.written + uint64(len(lw.buf))
+	start := len(lw.buf)
+	lw.kb = AppendKey(lw.kb[:0], key)
+	var crc uint32
+	if raw != nil {
+		lw.buf = append(lw.buf, raw...)
+		crc = binary.BigEndian.Uint32(raw[len(raw)-4:])
+	} else {
+		lw.buf = binary.BigEndian.AppendUint32(lw.buf, uint32(len(vs)))
+		for _, v := range vs {
+			kind, data := v.Value.Kind, v.Value.Data
+			if lw.compress && kind == ValData && len(data) >= 64 {
+				if lw.zb = s2.Encode(lw.zb[:cap(lw.zb)], data); len(lw.zb) <= len(data)-len(data)/8 {
+					kind, data = valS2, lw.zb
+				}
+			}
+			lw.buf = binary.BigEndian.AppendUint64(lw.buf, v.LSN)
+			lw.buf = append(lw.buf, byte(kind))
+			lw.buf = binary.BigEndian.AppendUint32(lw.buf, uint32(len(data)))
+			lw.buf = append(lw.buf, data...)
+		}
+		crc = crc32.Update(crc32.Update(0, layerCRCTable, lw.kb), layerCRCTable, lw.buf[start:])
+		lw.buf = binary.BigEndian.AppendUint32(lw.buf, crc)
+	}
+	n := len(lw.buf) - start
+	if uint64(n) > math.MaxUint32 || uint64(len(vs)) > math.MaxUint32 {
+		return fmt.Errorf("encode layer: key %v: record of %d bytes too large", key, n)
+	}
+	if lw.counts != nil {
+		for _, v := range vs {
+			lw.counts.branchBytes[key.Branch] += int64(logicalSize(v.Value)) + versionOverhead
+		}
+	}
+	lw.index = append(lw.index, lw.kb...)
+	lw.index = binary.BigEndian.AppendUint64(lw.index, off)
+	lw.index = binary.BigEndian.AppendUint32(lw.index, uint32(n))
+	lw.index = binary.BigEndian.AppendUint64(lw.index, vs[len(vs)-1].LSN)
+	lw.index = binary.BigEndian.AppendUint32(lw.index, crc)
+	lw.keys++
+	lw.versions += uint64(len(vs))
+	if lw.w != nil && len(lw.buf) >= layerWriterFlush {
+		return lw.flush()
+	}
+	return nil
+}
+
+func (lw *layerWriter) flush() error {
+	if _, err := lw.w.Write(lw.buf); err != nil {
+		return err
+	}
+	lw.written += uint64(len(lw.buf))
+	lw.buf = lw.buf[:0]
+	return nil
+}
+
+// finish appends the index and the footer. Without w, it returns the
+// whole layer; with w, it has written everything and returns nil.
+func (lw *layerWriter) finish(minLSN, maxLSN uint64) ([]byte, error) {
+	// The in-memory index addresses entries with uint32 offsets.
+	if uint64(len(lw.index)) > math.MaxUint32 {
+		return nil, fmt.Errorf("encode layer: index of %d bytes too large", len(lw.index))
+	}
+	indexOff := lw.written + uint64(len(lw.buf))
+	lw.buf = append(lw.buf, lw.index...)
+	f := len(lw.buf)
+	lw.buf = append(lw.buf, layerMagic...)
+	lw.buf = binary.BigEndian.AppendUint32(lw.buf, layerFormatVersion)
+	lw.buf = binary.BigEndian.AppendUint32(lw.buf, crc32.Checksum(lw.index, layerCRCTable))
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, minLSN)
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, maxLSN)
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, lw.versions)
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, uint64(lw.keys))
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, indexOff)
+	lw.buf = binary.BigEndian.AppendUint64(lw.buf, uint64(len(lw.index)))
+	lw.buf = binary.BigEndian.AppendUint32(lw.buf, crc32.Checksum(lw.buf[f:], layerCRCTable))
+	if lw.counts != nil {
+		lw.counts.keys = lw.keys
+	}
+	if lw.w == nil {
+		return lw.buf, nil
+	}
+	return nil, lw.flush()
+}
+
+// size is the bytes of the layer encoded so far.
+func (lw *layerWriter) size() int64 { return int64(lw.written) + int64(len(lw.buf)) }
 
 // rawKey is a key parsed in place from its encoding, so index lookups
 // compare keys without allocating.

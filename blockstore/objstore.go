@@ -3,6 +3,7 @@ package blockstore
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // ErrNotFound is wrapped by ObjectStore methods when the object does not exist.
@@ -15,6 +16,14 @@ var ErrCorrupt = errors.New("corrupt object")
 type ObjectInfo struct {
 	Name string
 	Size int64
+}
+
+// A stagingStore takes a big object from a local file it made itself, so
+// the object (a merged layer, up to a gigabyte) never has to be held in
+// memory whole. DirStore is one; other stores get objects through Put.
+type stagingStore interface {
+	CreateTemp(ctx context.Context, name string) (*os.File, error)
+	PutFile(ctx context.Context, name string, f *os.File) error
 }
 
 // ObjectStore is the seam to the object store (a local directory, S3, ...)

@@ -323,8 +323,24 @@ func (v *Volume) deleteOrphans(ctx context.Context, progress func(string, ...any
 	if n > 0 {
 		progress("deleted %d orphaned layer objects (%s)", n, HumanBytes(bytes))
 	}
+	if ts, ok := v.store.Objects().(interface {
+		RemoveStaleTemps(time.Duration) (int, int64, error)
+	}); ok {
+		tn, tb, err := ts.RemoveStaleTemps(staleTempAge)
+		if err != nil {
+			return n, bytes, err
+		}
+		if tn > 0 {
+			progress("deleted %d temporary files of interrupted uploads (%s)", tn, HumanBytes(tb))
+		}
+		n, bytes = n+tn, bytes+tb
+	}
 	return n, bytes, nil
 }
+
+// staleTempAge is how long a temporary object file sits unwritten before
+// the orphan sweep takes it for a crash's leftover.
+const staleTempAge = time.Hour
 
 // HumanBytes renders a byte count for people.
 func HumanBytes(n int64) string {
