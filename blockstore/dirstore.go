@@ -335,6 +335,13 @@ func (s *DirStore) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 func (s *DirStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	return s.ReadRange(ctx, name, off, n, nil)
+}
+
+// ReadRange is GetRange into buf's capacity when it is big enough, so a
+// merge reading gigabytes reuses one buffer instead of faulting in fresh
+// memory for every chunk.
+func (s *DirStore) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("get object %s: %w", name, err)
 	}
@@ -352,7 +359,11 @@ func (s *DirStore) GetRange(ctx context.Context, name string, off, n int64) ([]b
 	if off > size || n > size-off {
 		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
 	}
-	b := make([]byte, n)
+	b := buf[:0]
+	if int64(cap(b)) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	if _, err := f.ReadAt(b, off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond end of file: %w", name, off, off, n, ErrCorrupt)
