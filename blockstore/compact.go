@@ -178,7 +178,12 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 	} else {
 		s.encMu.Lock()
 		defer s.encMu.Unlock()
+		// Sized for the inputs, which the output hardly exceeds, so
+		// it is not grown by copying a gigabyte at a time.
 		lw.buf = s.encBuf[:0]
+		if int64(cap(lw.buf)) < st.InputBytes {
+			lw.buf = make([]byte, 0, st.InputBytes)
+		}
 	}
 
 	vs := make([]Version, 0, 64)
