@@ -57,11 +57,6 @@ type MergeStats struct {
 // once: few requests, and memory bounded by the inputs times this.
 const mergeReadAhead = 4 << 20
 
-// A rangeReader reads a range into a caller's buffer (DirStore).
-type rangeReader interface {
-	ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error)
-}
-
 // mergeCursor walks the records of one input layer in key order.
 type mergeCursor struct {
 	l       *Layer
@@ -87,19 +82,7 @@ func (c *mergeCursor) next(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		n := max(uint64(c.e.n), min(mergeReadAhead, c.l.dataLen-c.e.off))
-		var span []byte
-		var err error
-		if rr, ok := c.l.store.(rangeReader); ok {
-			span, err = rr.ReadRange(ctx, c.l.meta.Name, int64(c.e.off), int64(n), c.span)
-			if err == nil && uint64(len(span)) != n {
-				err = fmt.Errorf("got %d of %d bytes: %w", len(span), n, ErrCorrupt)
-			}
-			if err != nil {
-				err = fmt.Errorf("layer %s: read records at %d: %w", c.l.meta.Name, c.e.off, err)
-			}
-		} else {
-			span, err = c.l.fetch(ctx, c.e.off, n)
-		}
+		span, err := c.l.fetch(ctx, c.e.off, n, c.span)
 		if err != nil {
 			return false, err
 		}
@@ -258,16 +241,6 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 		BranchBytes: counts.branchBytes}
 	st.OutputBytes = size
 	return meta, st, nil
-}
-
-func cmpUint64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func findRun(layers []*layerRef, names []string) ([]*layerRef, error) {

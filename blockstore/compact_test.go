@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -203,7 +204,7 @@ func TestMergeStreams(t *testing.T) {
 			if c := a.Key.Compare(b.Key); c != 0 {
 				return c
 			}
-			return -cmpUint64(a.LSN, b.LSN)
+			return cmp.Compare(b.LSN, a.LSN)
 		})
 	}
 	sortEntries(all)

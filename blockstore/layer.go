@@ -651,9 +651,16 @@ func (l *Layer) storeCache(e *layerIndexEntry, rec []byte) {
 	}
 }
 
-// fetch reads n bytes at off from the data section.
-func (l *Layer) fetch(ctx context.Context, off, n uint64) ([]byte, error) {
-	b, err := l.store.GetRange(ctx, l.meta.Name, int64(off), int64(n))
+// fetch reads n bytes at off from the data section, into buf's capacity
+// when the store can (a merge reuses one buffer per input).
+func (l *Layer) fetch(ctx context.Context, off, n uint64, buf []byte) ([]byte, error) {
+	var b []byte
+	var err error
+	if rr, ok := l.store.(rangeReader); ok {
+		b, err = rr.ReadRange(ctx, l.meta.Name, int64(off), int64(n), buf)
+	} else {
+		b, err = l.store.GetRange(ctx, l.meta.Name, int64(off), int64(n))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: read records at %d: %w", l.meta.Name, off, err)
 	}
@@ -746,16 +753,14 @@ func (l *Layer) fromCache(e *layerIndexEntry) ([]Version, bool) {
 }
 
 // fromStore verifies rec, freshly read from the store, as the record of e
-// and caches it if asked to.
-func (l *Layer) fromStore(e *layerIndexEntry, rec []byte, cache bool) ([]Version, error) {
+// and caches it.
+func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
 	vs, err := l.decodeRecord(e, rec)
 	if err != nil {
 		forgetCorrupt(l.store, l.meta.Name, err)
 		return nil, err
 	}
-	if cache {
-		l.storeCache(e, rec)
-	}
+	l.storeCache(e, rec)
 	return vs, nil
 }
 
@@ -811,11 +816,11 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 	}
 	vs, ok := l.fromCache(&e)
 	if !ok {
-		rec, err := l.fetch(ctx, e.off, uint64(e.n))
+		rec, err := l.fetch(ctx, e.off, uint64(e.n), nil)
 		if err != nil {
 			return Version{}, false, err
 		}
-		if vs, err = l.fromStore(&e, rec, true); err != nil {
+		if vs, err = l.fromStore(&e, rec); err != nil {
 			return Version{}, false, err
 		}
 	}
@@ -866,26 +871,18 @@ func (l *Layer) Scan(ctx context.Context, from, to Key, maxLSN uint64, fn func(E
 	if from.Compare(to) >= 0 {
 		return nil
 	}
-	return l.scan(ctx, l.search(from), l.search(to), maxLSN, true, fn)
+	return l.scan(ctx, l.search(from), l.search(to), maxLSN, fn)
 }
 
 // All calls fn for every version in the layer, in layer order (key
 // ascending, LSN descending), reading the data section sequentially.
 func (l *Layer) All(ctx context.Context, fn func(Entry) error) error {
-	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, true, fn)
+	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, fn)
 }
 
-// allRaw is All for a merge: values stay as stored (compressed ones keep
-// kind valS2, for appendLayer to copy as they are), and the records read
-// are not cached, since a merge's reads would evict what foreground reads
-// use.
-func (l *Layer) allRaw(ctx context.Context, fn func(Entry) error) error {
-	return l.scan(ctx, 0, len(l.pos), math.MaxUint64, false, fn)
-}
-
-// scan calls fn for each version at or below maxLSN of the records lo..hi.
-// With cooked, values are decompressed and records cached.
-func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, cooked bool, fn func(Entry) error) error {
+// scan calls fn for each version at or below maxLSN of the records lo..hi,
+// values decompressed; the records read are cached.
+func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, fn func(Entry) error) error {
 	// span holds records read ahead: the bytes at [spanOff, spanOff+len).
 	var span []byte
 	var spanOff uint64
@@ -901,7 +898,7 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, cooked bool
 		var err error
 		end := e.off + uint64(e.n)
 		if e.off >= spanOff && end <= spanOff+uint64(len(span)) {
-			vs, err = l.fromStore(&e, span[e.off-spanOff:end-spanOff], cooked)
+			vs, err = l.fromStore(&e, span[e.off-spanOff:end-spanOff])
 		} else if cvs, ok := l.fromCache(&e); ok {
 			vs = cvs
 		} else {
@@ -914,11 +911,11 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, cooked bool
 				}
 				end = ej.off + uint64(ej.n)
 			}
-			if span, err = l.fetch(ctx, e.off, end-e.off); err != nil {
+			if span, err = l.fetch(ctx, e.off, end-e.off, nil); err != nil {
 				return err
 			}
 			spanOff = e.off
-			vs, err = l.fromStore(&e, span[:e.n], cooked)
+			vs, err = l.fromStore(&e, span[:e.n])
 		}
 		if err != nil {
 			return err
@@ -928,10 +925,8 @@ func (l *Layer) scan(ctx context.Context, lo, hi int, maxLSN uint64, cooked bool
 			if v.LSN > maxLSN {
 				continue
 			}
-			if cooked {
-				if v, err = l.inflate(&e, v, false); err != nil {
-					return err
-				}
+			if v, err = l.inflate(&e, v, false); err != nil {
+				return err
 			}
 			if err := fn(Entry{Key: key, Version: v}); err != nil {
 				return err

@@ -26,6 +26,12 @@ type stagingStore interface {
 	PutFile(ctx context.Context, name string, f *os.File) error
 }
 
+// A rangeReader reads a range into the capacity of a caller's buffer
+// (DirStore), so a merge reading gigabytes reuses one buffer per input.
+type rangeReader interface {
+	ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error)
+}
+
 // ObjectStore is the seam to the object store (a local directory, S3, ...)
 // that holds layer objects. Implementations must be safe for concurrent use.
 // Byte slices returned by Get and GetRange belong to the caller: layers hand
