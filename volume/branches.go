@@ -190,6 +190,13 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 		op.At, readAt = lsn, lsn
 	}
 	var err error
+	if point == "" {
+		// Now means after every change made so far, fsynced or not: changes
+		// may linger in the committer (Committer.PutLazy).
+		if err := v.commit.Wait(v.commit.Current()); err != nil {
+			return BranchInfo{}, fmt.Errorf("commit pending changes: %w", err)
+		}
+	}
 	if op.Remove, err = v.stalePidFiles(ctx, tree.Lineage(p.ID, readAt)); err != nil {
 		return BranchInfo{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,7 +49,15 @@ type node struct {
 	// caching the kernel sends the mtime as its own SETATTR right before
 	// each fsync; a WAL fdatasync should not wait for that.
 	dataSeq uint64
+	// fsynced is when the file was last fsynced (unix ns): changes to a
+	// file fsynced lately (a WAL) are committed at once, since an fsync is
+	// about to wait for them; others may linger to share a commit.
+	fsynced atomic.Int64
 }
+
+// urgentWindow is how recently a file must have been fsynced for its
+// changes to be committed without lingering.
+const urgentWindow = time.Second
 
 // DirEntry is one name in a directory.
 type DirEntry struct {
@@ -173,14 +182,36 @@ func (f *BranchFS) direntDel(parent uint64, name string) blockstore.Entry {
 
 // logLocked puts the change into the log and marks the nodes it touched.
 func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.Errno {
-	seq, err := f.vol.commit.Put(puts...)
+	put := f.vol.commit.PutLazy
+	recent := time.Now().Add(-urgentWindow).UnixNano()
+	for _, n := range touched {
+		if n.fsynced.Load() > recent {
+			put = f.vol.commit.Put
+			break
+		}
+	}
+	return f.logWith(put, true, touched, puts)
+}
+
+// logAttrLocked logs a change fdatasync does not wait for (timestamps,
+// mode, owner). It lingers: with writeback caching the kernel sends the
+// mtime as a SETATTR right before each fsync, and committing it at once
+// would cost a commit no one waits for.
+func (f *BranchFS) logAttrLocked(n *node, puts ...blockstore.Entry) syscall.Errno {
+	return f.logWith(f.vol.commit.PutLazy, false, []*node{n}, puts)
+}
+
+func (f *BranchFS) logWith(put func(...blockstore.Entry) (uint64, error), data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
+	seq, err := put(puts...)
 	if err != nil {
 		slog.Error("log change", "branch", f.name, "err", err)
 		return syscall.EIO
 	}
 	for _, n := range touched {
 		n.lastSeq = seq
-		n.dataSeq = seq
+		if data {
+			n.dataSeq = seq
+		}
 	}
 	return 0
 }
@@ -503,10 +534,11 @@ func (f *BranchFS) SetAttr(ino uint64, c AttrChange) (Attr, syscall.Errno) {
 	}
 	n.attr.Ctime = t
 	puts = append(puts, f.inodePut(ino, n))
-	dataSeq := n.dataSeq
-	errno := f.logLocked([]*node{n}, puts...)
+	var errno syscall.Errno
 	if c.Size == nil {
-		n.dataSeq = dataSeq
+		errno = f.logAttrLocked(n, puts...)
+	} else {
+		errno = f.logLocked([]*node{n}, puts...)
 	}
 	return n.attr, errno
 }
@@ -697,6 +729,7 @@ func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 	n := f.nodes[ino]
 	var seq uint64
 	if n != nil {
+		n.fsynced.Store(time.Now().UnixNano())
 		seq = n.lastSeq
 		if datasync {
 			seq = n.dataSeq

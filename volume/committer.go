@@ -19,18 +19,28 @@ import (
 // Seqs number batches in proposal order; a batch's seq is committed once
 // its entry is committed and applied, and seqs commit in order, so
 // Wait(seq) is a barrier for everything put up to that batch.
+//
+// A batch of lazy puts (PutLazy) lingers until someone waits for it, it
+// fills, an urgent put joins it or linger passes: every commit costs an
+// fdatasync, and an fsync arriving while a commit nobody asked for is in
+// flight has to wait for it first.
 type Committer struct {
 	propose    func(data []byte) error
 	maxBatch   int   // bytes per entry
 	maxPending int64 // bytes held by batches not yet applied
+	linger     time.Duration
+	timer      *time.Timer // wakes the proposer when a lazy batch has lingered
 
 	mu       sync.Mutex
-	changed  *sync.Cond
+	changed  *sync.Cond // waiters: done, err or pending changed
+	kick     *sync.Cond // the proposer: something may be ready to propose
 	open     *batch
 	queued   []*batch // closed, oldest first
 	inflight *batch
 	pending  int64  // bytes in open + queued + inflight
 	done     uint64 // highest committed seq
+	wanted   uint64 // highest seq a Wait is blocked on
+	starved  int    // writers blocked in WaitRoom
 	closing  bool
 	err      error // set when the log is gone for good
 	stopped  chan struct{}
@@ -49,9 +59,11 @@ type CommitStats struct {
 }
 
 type batch struct {
-	seq   uint64
-	puts  map[blockstore.Key]blockstore.Value
-	bytes int
+	seq    uint64
+	puts   map[blockstore.Key]blockstore.Value
+	bytes  int
+	urgent bool      // holds a Put: propose as soon as the log is free
+	first  time.Time // when the first put landed
 }
 
 func newBatch(seq uint64) *batch {
@@ -68,11 +80,18 @@ func (e permanentError) Unwrap() error { return e.error }
 
 // NewCommitter starts a committer. propose must return once data is
 // committed and applied; it is retried with backoff on error unless the
-// error is a permanentError.
-func NewCommitter(propose func([]byte) error, maxBatch int, maxPending int64) *Committer {
-	c := &Committer{propose: propose, maxBatch: maxBatch, maxPending: maxPending,
+// error is a permanentError. Lazy puts wait up to linger for company.
+func NewCommitter(propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *Committer {
+	c := &Committer{propose: propose, maxBatch: maxBatch, maxPending: maxPending, linger: linger,
 		open: newBatch(1), stopped: make(chan struct{})}
 	c.changed = sync.NewCond(&c.mu)
+	c.kick = sync.NewCond(&c.mu)
+	c.timer = time.AfterFunc(time.Hour, func() {
+		c.mu.Lock()
+		c.kick.Signal()
+		c.mu.Unlock()
+	})
+	c.timer.Stop()
 	go c.run()
 	return c
 }
@@ -85,9 +104,12 @@ func putSize(e blockstore.Entry) int { return len(e.Value.Data) + 40 }
 func (c *Committer) WaitRoom(n int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.starved++
 	for c.pending > 0 && c.pending+int64(n) > c.maxPending && c.err == nil && !c.closing {
+		c.kick.Signal() // lingering batches must go now
 		c.changed.Wait()
 	}
+	c.starved--
 	return c.errLocked()
 }
 
@@ -102,9 +124,20 @@ func (c *Committer) errLocked() error {
 }
 
 // Put adds puts to the log as one atomic unit (they land in one entry) and
-// returns the seq of the batch holding them. Callers serialise Put with the
-// state changes it records, so the log order is the mutation order.
+// returns the seq of the batch holding them; the batch is proposed as soon
+// as the log is free. Callers serialise Put with the state changes it
+// records, so the log order is the mutation order.
 func (c *Committer) Put(puts ...blockstore.Entry) (uint64, error) {
+	return c.put(true, puts)
+}
+
+// PutLazy is Put for changes no fsync is expected to wait for soon (a file
+// not fsynced lately): their batch may linger to gather more.
+func (c *Committer) PutLazy(puts ...blockstore.Entry) (uint64, error) {
+	return c.put(false, puts)
+}
+
+func (c *Committer) put(urgent bool, puts []blockstore.Entry) (uint64, error) {
 	size := 0
 	for _, e := range puts {
 		size += putSize(e)
@@ -119,6 +152,13 @@ func (c *Committer) Put(puts ...blockstore.Entry) (uint64, error) {
 		c.open = newBatch(c.open.seq + 1)
 	}
 	b := c.open
+	if len(b.puts) == 0 {
+		b.first = time.Now()
+		if !urgent {
+			c.timer.Reset(c.linger)
+		}
+	}
+	b.urgent = b.urgent || urgent
 	for _, e := range puts {
 		if old, ok := b.puts[e.Key]; ok {
 			d := len(old.Data) + 40
@@ -129,7 +169,7 @@ func (c *Committer) Put(puts ...blockstore.Entry) (uint64, error) {
 	}
 	b.bytes += size
 	c.pending += int64(size)
-	c.changed.Broadcast()
+	c.kick.Signal()
 	return b.seq, nil
 }
 
@@ -169,6 +209,10 @@ func (c *Committer) Current() uint64 {
 func (c *Committer) Wait(seq uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if seq > c.wanted && c.done < seq {
+		c.wanted = seq
+		c.kick.Signal()
+	}
 	for c.done < seq && c.err == nil {
 		c.changed.Wait()
 	}
@@ -198,8 +242,8 @@ func (c *Committer) run() {
 	defer close(c.stopped)
 	for {
 		c.mu.Lock()
-		for len(c.queued) == 0 && len(c.open.puts) == 0 && !c.closing {
-			c.changed.Wait()
+		for len(c.queued) == 0 && !c.openReadyLocked() && !c.closing {
+			c.kick.Wait()
 		}
 		var b *batch
 		switch {
@@ -237,6 +281,16 @@ func (c *Committer) run() {
 		c.changed.Broadcast()
 		c.mu.Unlock()
 	}
+}
+
+// openReadyLocked reports whether the open batch should be proposed now.
+func (c *Committer) openReadyLocked() bool {
+	b := c.open
+	if len(b.puts) == 0 {
+		return false
+	}
+	return b.urgent || c.wanted >= b.seq || c.starved > 0 || c.closing ||
+		time.Since(b.first) >= c.linger
 }
 
 // shutdownRetry bounds how long Close keeps retrying a failing commit.
@@ -282,6 +336,7 @@ func (c *Committer) Close() error {
 	c.mu.Lock()
 	c.closing = true
 	c.changed.Broadcast()
+	c.kick.Signal()
 	c.mu.Unlock()
 	<-c.stopped
 	c.mu.Lock()

@@ -43,7 +43,7 @@ func blockPut(ino, b uint64, fill byte) blockstore.Entry {
 
 func TestCommitterGroupCommit(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
 	defer func() { go func() { g.release <- nil }(); c.Close() }()
 
 	first, _ := c.Put(blockPut(1, 0, 1))
@@ -87,7 +87,7 @@ func TestCommitterGroupCommit(t *testing.T) {
 
 func TestCommitterBarrierAndOverlay(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
 	defer c.Close()
 	seq, _ := c.Put(blockPut(1, 0, 7))
 	var done atomic.Bool
@@ -108,7 +108,7 @@ func TestCommitterBarrierAndOverlay(t *testing.T) {
 
 func TestCommitterCoalescesRewrites(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20)
+	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
 	defer c.Close()
 	c.Put(blockPut(1, 0, 1)) // in flight
 	time.Sleep(10 * time.Millisecond)
@@ -132,7 +132,7 @@ func TestCommitterCoalescesRewrites(t *testing.T) {
 func TestCommitterBackPressure(t *testing.T) {
 	g := newGate()
 	limit := int64(4 * (bs + 40))
-	c := NewCommitter(g.propose, 1<<20, limit)
+	c := NewCommitter(g.propose, 1<<20, limit, time.Millisecond)
 	defer func() {
 		go func() {
 			for range 10 {
@@ -159,7 +159,7 @@ func TestCommitterBackPressure(t *testing.T) {
 
 func TestCommitterRetriesTransientErrors(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 1<<30)
+	c := NewCommitter(g.propose, 1<<20, 1<<30, time.Millisecond)
 	defer c.Close()
 	seq, _ := c.Put(blockPut(1, 0, 1))
 	var done atomic.Bool
@@ -181,7 +181,7 @@ func TestCommitterRetriesTransientErrors(t *testing.T) {
 
 func TestCommitterPermanentError(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 1<<30)
+	c := NewCommitter(g.propose, 1<<20, 1<<30, time.Millisecond)
 	seq, _ := c.Put(blockPut(1, 0, 1))
 	g.release <- permanentError{errors.New("log closed")}
 	if err := c.Wait(seq); err == nil {
@@ -201,5 +201,45 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 10s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCommitterLazyPuts checks what ends a lazy batch's lingering: a Wait
+// for it, an urgent put joining it, the linger time, a full batch, and
+// writers blocked on back-pressure. Nothing else may propose it.
+func TestCommitterLazyPuts(t *testing.T) {
+	const never = time.Hour
+	entry := bs + 40
+	tests := []struct {
+		name       string
+		linger     time.Duration
+		maxBatch   int
+		maxPending int64
+		trigger    func(c *Committer, seq uint64)
+	}{
+		{"wait", never, 1 << 20, 1 << 30, func(c *Committer, seq uint64) { go c.Wait(seq) }},
+		{"urgent put", never, 1 << 20, 1 << 30, func(c *Committer, _ uint64) { c.Put(blockPut(1, 1, 1)) }},
+		{"linger", 50 * time.Millisecond, 1 << 20, 1 << 30, nil},
+		{"full batch", never, entry, 1 << 30, func(c *Committer, _ uint64) { c.PutLazy(blockPut(1, 1, 1)) }},
+		{"back-pressure", never, 1 << 20, int64(entry), func(c *Committer, _ uint64) { go c.WaitRoom(entry) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var proposed atomic.Int32
+			c := NewCommitter(func([]byte) error { proposed.Add(1); return nil }, tt.maxBatch, tt.maxPending, tt.linger)
+			defer c.Close()
+			seq, err := c.PutLazy(blockPut(1, 0, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.trigger != nil {
+				time.Sleep(20 * time.Millisecond)
+				if n := proposed.Load(); n != 0 {
+					t.Fatalf("lazy batch proposed %d times with nothing asking for it", n)
+				}
+				tt.trigger(c, seq)
+			}
+			waitFor(t, func() bool { _, done := c.Stats(); return done >= seq })
+		})
 	}
 }

@@ -57,6 +57,9 @@ type Options struct {
 	FlushBytes int64 // memtable size that triggers a layer flush
 	MaxBatch   int   // bytes per log entry
 	MaxPending int64 // bytes of unapplied changes before writes wait
+	// Linger is how long changes to files not fsynced lately may wait to
+	// share a log entry when no fsync asks for them.
+	Linger time.Duration
 	// ReserveBytes of free disk are kept under the data dir: writes past it
 	// fail with ENOSPC before they are accepted, so nothing accepted is lost
 	// to a full disk.
@@ -84,6 +87,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = 4 << 20
+	}
+	if o.Linger == 0 {
+		o.Linger = 50 * time.Millisecond
 	}
 	if o.MaxPending == 0 {
 		o.MaxPending = 64 << 20
@@ -319,7 +325,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	}
 	v.nextIno.Store(v.fsm.inoHighWater())
 	v.checkDisk()
-	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.MaxPending)
+	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.MaxPending, opts.Linger)
 	v.wg.Add(1)
 	go v.diskWatcher()
 	if !opts.NoFlush {
