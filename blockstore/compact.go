@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/neonfs/neonfs/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +157,7 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 		if err := unix.Fallocate(int(file.Fd()), 0, 0, st.InputBytes); errors.Is(err, syscall.ENOSPC) {
 			return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
 		}
-		lw.w = &smoothWriter{f: file, pace: true}
+		lw.w = &durable.PacedWriter{F: file, Pace: true}
 		lw.buf = make([]byte, 0, 2*layerWriterFlush)
 	} else {
 		s.encMu.Lock()

@@ -176,7 +176,7 @@ func (s *DirStore) Put(ctx context.Context, name string, data []byte) error {
 			return fmt.Errorf("put object %s: %w", name, ferr)
 		}
 	}
-	w := &smoothWriter{f: f, pace: len(data) > smoothChunk}
+	w := &durable.PacedWriter{F: f, Pace: len(data) > durable.PaceChunk}
 	if _, err := w.Write(data); err != nil {
 		discardTemp(f)
 		return fmt.Errorf("put object %s: %w", name, err)
@@ -487,36 +487,4 @@ func (s *DirStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error
 	// ("a-b" < "a/x" but the walk visits a/ first).
 	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
-}
-
-// smoothChunk is how much a smoothWriter writes before starting writeback.
-const smoothChunk = 2 << 20
-
-// smoothWriter writes to f in chunks and, with pace, starts writeback of
-// each chunk as it goes and pauses briefly between chunks. A layer is
-// 100+ MiB; written at once and fsynced, it would monopolise the disk for
-// a fraction of a second, and every Raft commit (a Postgres fsync waiting)
-// would queue behind it. Spread out, the final fsync has little left to do.
-type smoothWriter struct {
-	f    *os.File
-	pace bool
-	off  int64
-}
-
-func (w *smoothWriter) Write(data []byte) (int, error) {
-	for done := 0; done < len(data); {
-		end := min(done+smoothChunk, len(data))
-		n, err := w.f.Write(data[done:end])
-		if err != nil {
-			return done + n, err
-		}
-		if w.pace {
-			// Only a hint: errors are left to Sync.
-			unix.SyncFileRange(int(w.f.Fd()), w.off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
-			time.Sleep(2 * time.Millisecond)
-		}
-		w.off += int64(n)
-		done = end
-	}
-	return len(data), nil
 }

@@ -49,7 +49,7 @@ func (z *zeroFS) Create(dir, name string, size uint64) (types.WritableFile, erro
 		if err := os.Rename(spare, path); err != nil {
 			return nil, fmt.Errorf("create segment %s: %w", path, err)
 		}
-	} else if err := writeZeros(path, int64(size)); err != nil {
+	} else if err := writeZeros(path, int64(size), false); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0o644)
@@ -76,7 +76,7 @@ func (z *zeroFS) prepareSpare(path string, size int64) {
 	go func() {
 		defer close(ready)
 		os.Remove(path)
-		if err := writeZeros(path, size); err != nil {
+		if err := writeZeros(path, size, true); err != nil {
 			// Not fatal: the next Create writes its segment itself.
 			slog.Warn("prepare spare log segment", "path", path, "err", err)
 			os.Remove(path)
@@ -85,7 +85,9 @@ func (z *zeroFS) prepareSpare(path string, size int64) {
 }
 
 // writeZeros creates path holding size zero bytes, durably (size included).
-func writeZeros(path string, size int64) (err error) {
+// With pace (a spare prepared in the background) the writes are spread
+// out, so commits do not queue behind 64 MiB of zeros.
+func writeZeros(path string, size int64, pace bool) (err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", path, err)
@@ -99,10 +101,11 @@ func writeZeros(path string, size int64) (err error) {
 			err = fmt.Errorf("zero-fill segment %s: %w", path, err)
 		}
 	}()
+	w := &durable.PacedWriter{F: f, Pace: pace}
 	buf := make([]byte, 1<<20)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		n := min(int64(len(buf)), size-off)
-		if _, err := f.WriteAt(buf[:n], off); err != nil {
+		if _, err := w.Write(buf[:n]); err != nil {
 			return err
 		}
 	}
