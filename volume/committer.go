@@ -169,7 +169,9 @@ func (c *Committer) put(urgent bool, puts []blockstore.Entry) (uint64, error) {
 	}
 	b.bytes += size
 	c.pending += int64(size)
-	c.kick.Signal()
+	if len(c.queued) > 0 || c.openReadyLocked() {
+		c.kick.Signal()
+	}
 	return b.seq, nil
 }
 
@@ -338,6 +340,7 @@ func (c *Committer) Close() error {
 	c.changed.Broadcast()
 	c.kick.Signal()
 	c.mu.Unlock()
+	c.timer.Stop()
 	<-c.stopped
 	c.mu.Lock()
 	defer c.mu.Unlock()
