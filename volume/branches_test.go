@@ -404,3 +404,24 @@ func TestParsePoint(t *testing.T) {
 		}
 	}
 }
+
+// TestBranchNowHoldsUnsyncedChanges: changes nobody fsynced may linger in
+// the committer; a branch made now must still hold them.
+func TestBranchNowHoldsUnsyncedChanges(t *testing.T) {
+	ctx := context.Background()
+	v, main := open(t, testVolume(t), Options{Linger: time.Hour})
+	ino, _, errno := main.Create(rootIno, "f", syscall.S_IFREG|0o644, 0, 0, 0, "")
+	must(t, errno)
+	_, errno = main.Write(ino, []byte("not fsynced"), 0)
+	must(t, errno)
+	if _, err := v.CreateBranch(ctx, "now", "main", ""); err != nil {
+		t.Fatal(err)
+	}
+	b, err := v.Mount(ctx, "now")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileContent(t, b, "f"); got != "not fsynced" {
+		t.Fatalf("branch made now reads %q", got)
+	}
+}
