@@ -102,7 +102,7 @@ func writeZeros(path string, size int64, pace bool) (err error) {
 		}
 	}()
 	w := &durable.PacedWriter{F: f, Pace: pace}
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, durable.PaceChunk)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		n := min(int64(len(buf)), size-off)
 		if _, err := w.Write(buf[:n]); err != nil {

@@ -21,9 +21,9 @@ import (
 // Wait(seq) is a barrier for everything put up to that batch.
 //
 // A batch of lazy puts (PutLazy) lingers until someone waits for it, it
-// fills, an urgent put joins it or linger passes: every commit costs an
-// fdatasync, and an fsync arriving while a commit nobody asked for is in
-// flight has to wait for it first.
+// fills, an urgent put joins it, writers wait for room (WaitRoom) or linger
+// passes: every commit costs an fdatasync, and an fsync arriving while a
+// commit nobody asked for is in flight has to wait for it first.
 type Committer struct {
 	propose    func(data []byte) error
 	maxBatch   int   // bytes per entry
