@@ -7,17 +7,19 @@
 # Each file system gets initdb, `pgbench -i -s $SCALE`, CHECKPOINT, and its
 # writes settled (sync; on neonfs, until no flush or merge runs). Then, for
 # each of $ROUNDS rounds, TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and
-# select-only (`-S`, same options) run on native and then on neonfs, each
-# after the file systems settle again. Both Postgres servers stay up; only
-# one runs a workload at a time. Throughput on these shared machines swings
-# by 20% between identical runs, so the rounds alternate and the ratio
-# reported is the median of the per-round ratios.
+# select-only (`-S`, same options) run on both file systems, native first
+# in odd rounds and neonfs first in even ones, each after the file systems
+# settle again. Both Postgres servers stay up; only one runs a workload at
+# a time. Throughput on these shared machines swings by 20% between
+# identical runs, so the rounds alternate and the ratio
+# reported is the median of the per-round ratios; the spread of the
+# per-round ratios is printed too, since one round can land 0.1 off.
 # Native runs in a temp dir under /var/tmp; neonfs builds the binary (or uses
 # $NEONFS_BIN), inits a volume under the same temp dir and mounts it.
 # Everything (Postgres, the daemon, the mount, the temp dir) is cleaned up on
 # exit.
 #
-# Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (3),
+# Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
 # NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +29,7 @@ SCALE=${SCALE:-20}
 CLIENTS=${CLIENTS:-4}
 JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system and runs Postgres as postgres)" >&2; exit 1; }
@@ -114,10 +116,19 @@ setup_on neonfs "$MNT"
 
 declare -a N_TPCB F_TPCB N_SEL F_SEL
 for r in $(seq 1 "$ROUNDS"); do
-	N_TPCB[r]=$(run_on native)
-	F_TPCB[r]=$(run_on neonfs)
-	N_SEL[r]=$(run_on native -S)
-	F_SEL[r]=$(run_on neonfs -S)
+	# Which file system goes first alternates too: the second run of a
+	# pair inherits the first one's warm CPU caches and kernel state.
+	if ((r % 2)); then
+		N_TPCB[r]=$(run_on native)
+		F_TPCB[r]=$(run_on neonfs)
+		N_SEL[r]=$(run_on native -S)
+		F_SEL[r]=$(run_on neonfs -S)
+	else
+		F_TPCB[r]=$(run_on neonfs)
+		N_TPCB[r]=$(run_on native)
+		F_SEL[r]=$(run_on neonfs -S)
+		N_SEL[r]=$(run_on native -S)
+	fi
 	echo "bench: round $r/$ROUNDS: TPC-B ${N_TPCB[r]} / ${F_TPCB[r]}, select-only ${N_SEL[r]} / ${F_SEL[r]} (native / neonfs)" >&2
 done
 
@@ -146,3 +157,5 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 printf '%-14s %6s %12.1f %12.1f %14s\n' tpc-b median "$(median "${N_TPCB[@]}")" "$(median "${F_TPCB[@]}")" "$(printf '%.3f' "$(median "${TR[@]}")")"
 printf '%-14s %6s %12.1f %12.1f %14s\n' select-only median "$(median "${N_SEL[@]}")" "$(median "${F_SEL[@]}")" "$(printf '%.3f' "$(median "${SR[@]}")")"
+spread() { printf '%s\n' "$@" | sort -g | sed -n '1p;$p' | paste -sd' '; }
+echo "per-round ratio spread (min max): tpc-b $(spread "${TR[@]}"), select-only $(spread "${SR[@]}")"
