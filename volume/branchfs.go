@@ -182,15 +182,15 @@ func (f *BranchFS) direntDel(parent uint64, name string) blockstore.Entry {
 
 // logLocked puts the change into the log and marks the nodes it touched.
 func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.Errno {
-	put := f.vol.commit.PutLazy
+	urgent := false
 	recent := time.Now().Add(-urgentWindow).UnixNano()
 	for _, n := range touched {
 		if n.fsynced.Load() > recent {
-			put = f.vol.commit.Put
+			urgent = true
 			break
 		}
 	}
-	return f.logWith(put, true, touched, puts)
+	return f.logWith(urgent, true, touched, puts)
 }
 
 // logAttrLocked logs a change fdatasync does not wait for (timestamps,
@@ -198,11 +198,13 @@ func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.
 // mtime as a SETATTR right before each fsync, and committing it at once
 // would cost a commit no one waits for.
 func (f *BranchFS) logAttrLocked(n *node, puts ...blockstore.Entry) syscall.Errno {
-	return f.logWith(f.vol.commit.PutLazy, false, []*node{n}, puts)
+	return f.logWith(false, false, []*node{n}, puts)
 }
 
-func (f *BranchFS) logWith(put func(...blockstore.Entry) (uint64, error), data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
-	seq, err := put(puts...)
+// logWith puts the change, urgent or lingering (Committer.Put, PutLazy),
+// and marks the nodes; data says whether fdatasync waits for it.
+func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
+	seq, err := f.vol.commit.put(urgent, puts)
 	if err != nil {
 		slog.Error("log change", "branch", f.name, "err", err)
 		return syscall.EIO
