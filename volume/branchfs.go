@@ -182,15 +182,19 @@ func (f *BranchFS) direntDel(parent uint64, name string) blockstore.Entry {
 
 // logLocked puts the change into the log and marks the nodes it touched.
 func (f *BranchFS) logLocked(touched []*node, puts ...blockstore.Entry) syscall.Errno {
-	urgent := false
+	return f.logWith(f.urgentLocked(touched), true, touched, puts)
+}
+
+// urgentLocked reports whether a change to touched should be committed
+// without lingering: one of them was fsynced lately.
+func (f *BranchFS) urgentLocked(touched []*node) bool {
 	recent := time.Now().Add(-urgentWindow).UnixNano()
 	for _, n := range touched {
 		if n.fsynced.Load() > recent {
-			urgent = true
-			break
+			return true
 		}
 	}
-	return f.logWith(urgent, true, touched, puts)
+	return false
 }
 
 // logAttrLocked logs a change fdatasync does not wait for (timestamps,
@@ -643,21 +647,42 @@ func (f *BranchFS) Read(ino uint64, dest []byte, off int64) (int, syscall.Errno)
 
 // Write stores data at off. Each touched block is one put, so a page
 // written by one FUSE write is committed whole or not at all.
+//
+// A write to a file fsynced lately (Postgres's WAL) returns only once it
+// is committed. The fsync that follows it would wait for that commit
+// anyway; blocking here instead hands the commit to the committer and raft
+// on this thread, where returning first makes the scheduler wake another
+// thread for them, which costs about 0.1 ms on these machines (measured:
+// +8% TPC-B).
 func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno) {
+	seq, urgent, errno := f.write(ino, data, off)
+	if errno != 0 {
+		return 0, errno
+	}
+	if urgent {
+		if err := f.vol.commit.Wait(seq); err != nil {
+			slog.Error("write", "branch", f.name, "ino", ino, "err", err)
+			return 0, syscall.EIO
+		}
+	}
+	return len(data), 0
+}
+
+func (f *BranchFS) write(ino uint64, data []byte, off int64) (seq uint64, urgent bool, errno syscall.Errno) {
 	if off < 0 || off+int64(len(data)) > math.MaxInt64/2 {
-		return 0, syscall.EFBIG
+		return 0, false, syscall.EFBIG
 	}
 	if errno := f.begin(len(data) + 2*bs); errno != 0 {
-		return 0, errno
+		return 0, false, errno
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.nodes[ino]
 	if n == nil {
-		return 0, syscall.ENOENT
+		return 0, false, syscall.ENOENT
 	}
 	if n.attr.IsDir() {
-		return 0, syscall.EISDIR
+		return 0, false, syscall.EISDIR
 	}
 	end := off + int64(len(data))
 	size := int64(n.attr.Size)
@@ -675,9 +700,8 @@ func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno
 			page = make([]byte, bs) // past EOF: nothing to merge with
 			copy(page[in:], src)
 		default:
-			var errno syscall.Errno
 			if page, errno = f.readBlock(ino, b); errno != 0 {
-				return 0, errno
+				return 0, false, errno
 			}
 			copy(page[in:], src)
 		}
@@ -691,10 +715,11 @@ func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno
 	}
 	n.attr.Mtime, n.attr.Ctime = t, t
 	puts = append(puts, f.inodePut(ino, n))
-	if errno := f.logLocked([]*node{n}, puts...); errno != 0 {
-		return 0, errno
+	urgent = f.urgentLocked([]*node{n})
+	if errno := f.logWith(urgent, true, []*node{n}, puts); errno != 0 {
+		return 0, false, errno
 	}
-	return len(data), 0
+	return n.dataSeq, urgent, 0
 }
 
 // Allocate implements fallocate mode 0 (and KEEP_SIZE): space is never

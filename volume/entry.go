@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/neonfs/neonfs/blockstore"
 )
 
@@ -21,7 +22,22 @@ const (
 	entryLayer  entryType = 3 // a layer object was uploaded; it replaces the memtable below its MaxLSN
 	entryBranch entryType = 4 // create, delete or replace a branch (branchOp)
 	entryMerge  entryType = 5 // a merged layer replaces an adjacent run of layers (mergeOp)
+	// entryPutsS2 is entryPuts with everything after the header compressed
+	// (s2 block format). Postgres rewrites its WAL page whole on every
+	// commit, mostly zeros at first, and page images compress too: the
+	// log, and so the fdatasync every commit waits for, shrinks several
+	// times over (measured 15x under pgbench).
+	entryPutsS2 entryType = 6
 )
+
+// compressMin is the smallest puts body worth compressing; compressed
+// bodies are kept only when they save an eighth or more.
+const compressMin = 512
+
+// maxEntryBody bounds the decoded size a compressed entry may claim, so a
+// damaged one is an error rather than a huge allocation. Batches hold a few
+// MiB (Options.MaxBatch, or one FUSE write).
+const maxEntryBody = 256 << 20
 
 // mergeOp swaps the layers named in Remove for the layer Add merged from them.
 type mergeOp struct {
@@ -82,17 +98,27 @@ func appendValue(b []byte, v blockstore.Value) []byte {
 	return append(b, v.Data...)
 }
 
-// encodePuts encodes a batch. Order within a batch does not matter: all
-// its puts share one LSN and keys are unique.
+// encodePuts encodes a batch, compressed when that pays. Order within a
+// batch does not matter: all its puts share one LSN and keys are unique.
 func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) []byte {
 	b := make([]byte, 0, sizeHint+len(puts)*32+16)
 	b = appendHeader(b, entryPuts, now)
+	hdr := len(b)
 	b = binary.AppendUvarint(b, uint64(len(puts)))
 	for k, v := range puts {
 		b = blockstore.AppendKey(b, k)
 		b = appendValue(b, v)
 	}
-	return b
+	body := b[hdr:]
+	if len(body) < compressMin {
+		return b
+	}
+	c := appendHeader(make([]byte, 0, hdr+s2.MaxEncodedLen(len(body))), entryPutsS2, now)
+	enc := s2.Encode(c[len(c):cap(c)], body)
+	if len(enc) > len(body)-len(body)/8 {
+		return b
+	}
+	return c[:len(c)+len(enc)]
 }
 
 func encodeFreeze(now int64) []byte { return appendHeader(nil, entryFreeze, now) }
@@ -120,37 +146,22 @@ func decodeRecord(b []byte) (record, error) {
 	r.Time = t
 	b = b[2+n:]
 	switch r.Type {
+	case entryPutsS2:
+		n, err := s2.DecodedLen(b)
+		if err != nil || n > maxEntryBody {
+			return r, fmt.Errorf("%w: compressed puts length", errBadEntry)
+		}
+		body, err := s2.Decode(make([]byte, n), b)
+		if err != nil {
+			return r, fmt.Errorf("%w: compressed puts: %v", errBadEntry, err)
+		}
+		r.Type = entryPuts
+		r.Puts, err = decodePuts(body)
+		return r, err
 	case entryPuts:
-		count, n := binary.Uvarint(b)
-		if n <= 0 || count > uint64(len(b)) {
-			return r, fmt.Errorf("%w: put count", errBadEntry)
-		}
-		b = b[n:]
-		r.Puts = make([]blockstore.Entry, 0, count)
-		for range count {
-			k, rest, err := blockstore.DecodeKey(b)
-			if err != nil {
-				return r, fmt.Errorf("%w: %v", errBadEntry, err)
-			}
-			if len(rest) < 1 {
-				return r, fmt.Errorf("%w: value", errBadEntry)
-			}
-			kind := blockstore.ValueKind(rest[0])
-			if kind > blockstore.ValTombstone {
-				return r, fmt.Errorf("%w: value kind %d", errBadEntry, kind)
-			}
-			l, n := binary.Uvarint(rest[1:])
-			if n <= 0 || l > uint64(len(rest)-1-n) {
-				return r, fmt.Errorf("%w: value length", errBadEntry)
-			}
-			rest = rest[1+n:]
-			v := blockstore.Value{Kind: kind}
-			if l > 0 {
-				v.Data = rest[:l:l]
-			}
-			r.Puts = append(r.Puts, blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}})
-			b = rest[l:]
-		}
+		var err error
+		r.Puts, err = decodePuts(b)
+		return r, err
 	case entryFreeze:
 	case entryLayer:
 		if err := json.Unmarshal(b, &r.Layer); err != nil {
@@ -168,4 +179,39 @@ func decodeRecord(b []byte) (record, error) {
 		return r, fmt.Errorf("%w: type %d", errBadEntry, r.Type)
 	}
 	return r, nil
+}
+
+// decodePuts decodes the body of a puts entry; values alias b.
+func decodePuts(b []byte) ([]blockstore.Entry, error) {
+	count, n := binary.Uvarint(b)
+	if n <= 0 || count > uint64(len(b)) {
+		return nil, fmt.Errorf("%w: put count", errBadEntry)
+	}
+	b = b[n:]
+	puts := make([]blockstore.Entry, 0, count)
+	for range count {
+		k, rest, err := blockstore.DecodeKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errBadEntry, err)
+		}
+		if len(rest) < 1 {
+			return nil, fmt.Errorf("%w: value", errBadEntry)
+		}
+		kind := blockstore.ValueKind(rest[0])
+		if kind > blockstore.ValTombstone {
+			return nil, fmt.Errorf("%w: value kind %d", errBadEntry, kind)
+		}
+		l, n := binary.Uvarint(rest[1:])
+		if n <= 0 || l > uint64(len(rest)-1-n) {
+			return nil, fmt.Errorf("%w: value length", errBadEntry)
+		}
+		rest = rest[1+n:]
+		v := blockstore.Value{Kind: kind}
+		if l > 0 {
+			v.Data = rest[:l:l]
+		}
+		puts = append(puts, blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}})
+		b = rest[l:]
+	}
+	return puts, nil
 }

@@ -2,7 +2,9 @@ package volume
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/neonfs/neonfs/blockstore"
@@ -18,18 +20,22 @@ func TestPutsRoundTrip(t *testing.T) {
 	tests := []struct {
 		name  string
 		value blockstore.Value
+		as    entryType // how it is stored
 	}{
-		{"sparse page", blockstore.Value{Kind: blockstore.ValData, Data: sparse}},
-		{"random page", blockstore.Value{Kind: blockstore.ValData, Data: random}},
-		{"small value", blockstore.Value{Kind: blockstore.ValData, Data: []byte("attr")}},
-		{"empty value", blockstore.Value{Kind: blockstore.ValData}},
-		{"zero block", blockstore.Value{Kind: blockstore.ValZero}},
-		{"tombstone", blockstore.Value{Kind: blockstore.ValTombstone}},
+		{"sparse page", blockstore.Value{Kind: blockstore.ValData, Data: sparse}, entryPutsS2},
+		{"random page", blockstore.Value{Kind: blockstore.ValData, Data: random}, entryPuts},
+		{"small value", blockstore.Value{Kind: blockstore.ValData, Data: []byte("attr")}, entryPuts},
+		{"empty value", blockstore.Value{Kind: blockstore.ValData}, entryPuts},
+		{"zero block", blockstore.Value{Kind: blockstore.ValZero}, entryPuts},
+		{"tombstone", blockstore.Value{Kind: blockstore.ValTombstone}, entryPuts},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := blockstore.BlockKey(1, 2, 3)
 			b := encodePuts(42, map[blockstore.Key]blockstore.Value{k: tt.value}, 0)
+			if entryType(b[1]) != tt.as {
+				t.Errorf("stored as entry type %d (%d bytes), want %d", b[1], len(b), tt.as)
+			}
 			r, err := decodeRecord(b)
 			if err != nil {
 				t.Fatal(err)
@@ -40,6 +46,34 @@ func TestPutsRoundTrip(t *testing.T) {
 			got := r.Puts[0]
 			if got.Key != k || got.Value.Kind != tt.value.Kind || !bytes.Equal(got.Value.Data, tt.value.Data) {
 				t.Fatalf("decoded %v kind %d (%d bytes), want kind %d (%d bytes)", got.Key, got.Value.Kind, len(got.Value.Data), tt.value.Kind, len(tt.value.Data))
+			}
+		})
+	}
+}
+
+func TestCompressedPutsDamaged(t *testing.T) {
+	sparse := make([]byte, blockstore.BlockSize)
+	copy(sparse, "header")
+	good := encodePuts(7, map[blockstore.Key]blockstore.Value{
+		blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse}}, 0)
+	if entryType(good[1]) != entryPutsS2 {
+		t.Fatalf("a sparse page is stored as entry type %d, want compressed", good[1])
+	}
+	hdr := len(appendHeader(nil, entryPutsS2, 7))
+	huge := append(appendHeader(nil, entryPutsS2, 7), 0xff, 0xff, 0xff, 0xff, 0x0f) // claims 4 GiB
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"truncated", good[:len(good)-5]},
+		{"no body", good[:hdr]},
+		{"claims 4 GiB", huge},
+		{"body flipped", append(slices.Clone(good[:hdr+3]), bytes.Repeat([]byte{0xee}, len(good)-hdr-3)...)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := decodeRecord(tt.b); !errors.Is(err, errBadEntry) {
+				t.Fatalf("decodeRecord = %v, want errBadEntry", err)
 			}
 		})
 	}
@@ -60,6 +94,9 @@ func FuzzDecodeRecord(f *testing.F) {
 		blockstore.InodeKey(3, 1<<62):       {Kind: blockstore.ValData},
 		blockstore.DirentKey(1, 7, "12345"): {Kind: blockstore.ValData, Data: []byte("ino")},
 	}, 0))
+	f.Add(encodePuts(2, map[blockstore.Key]blockstore.Value{
+		blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse},
+	}, 0)) // compressed
 	f.Add(encodeFreeze(5))
 	j, _ := encodeJSON(entryLayer, 6, blockstore.LayerMeta{Name: "layers/x", MinLSN: 1, MaxLSN: 2})
 	f.Add(j)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func testVolume(t *testing.T) string {
@@ -179,5 +180,29 @@ func TestVolumeOpenErrors(t *testing.T) {
 	}
 	if _, err := v.Mount(context.Background(), "main"); err == nil {
 		t.Fatal("second mount of a branch accepted")
+	}
+}
+
+// A write to a file fsynced lately returns committed; others linger.
+func TestWriteToFsyncedFileIsCommitted(t *testing.T) {
+	v, f := open(t, testVolume(t), Options{Linger: time.Hour})
+	defer v.Close()
+	ino, _, errno := f.Create(rootIno, "wal", syscall.S_IFREG|0o600, 0, 0, 0, "")
+	must(t, errno)
+	written := func() (seq, done uint64) {
+		_, errno := f.Write(ino, bytes.Repeat([]byte{1}, bs), 0)
+		must(t, errno)
+		f.mu.RLock()
+		seq = f.nodes[ino].dataSeq
+		f.mu.RUnlock()
+		_, done = v.commit.Stats()
+		return seq, done
+	}
+	if seq, done := written(); done >= seq {
+		t.Fatalf("a write to a file never fsynced was committed at once (seq %d, done %d)", seq, done)
+	}
+	must(t, f.Fsync(ino, true))
+	if seq, done := written(); done < seq {
+		t.Fatalf("a write to a file just fsynced returned before its commit (seq %d, done %d)", seq, done)
 	}
 }
