@@ -25,8 +25,9 @@ const (
 	// entryPutsS2 is entryPuts with everything after the header compressed
 	// (s2 block format). Postgres rewrites its WAL page whole on every
 	// commit, mostly zeros at first, and page images compress too: the
-	// log, and so the fdatasync every commit waits for, shrinks several
-	// times over (measured 15x under pgbench).
+	// log shrinks several times over (a segment written under pgbench
+	// compresses 15x), and with it what every commit writes and what
+	// segments cost to zero-fill and truncate.
 	entryPutsS2 entryType = 6
 )
 
@@ -34,10 +35,11 @@ const (
 // bodies are kept only when they save an eighth or more.
 const compressMin = 512
 
-// maxEntryBody bounds the decoded size a compressed entry may claim, so a
-// damaged one is an error rather than a huge allocation. Batches hold a few
-// MiB (Options.MaxBatch, or one FUSE write).
-const maxEntryBody = 256 << 20
+// maxEntryBody is the largest body that is compressed. Batches hold a few
+// MiB (Options.MaxBatch), but one truncate of a huge file can put more;
+// such bodies stay uncompressed, so a compressed entry claiming more than
+// this is damaged, and decoding it fails instead of allocating that much.
+var maxEntryBody = 256 << 20 // a var so tests can lower it
 
 // mergeOp swaps the layers named in Remove for the layer Add merged from them.
 type mergeOp struct {
@@ -110,7 +112,7 @@ func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint in
 		b = appendValue(b, v)
 	}
 	body := b[hdr:]
-	if len(body) < compressMin {
+	if len(body) < compressMin || len(body) > maxEntryBody {
 		return b
 	}
 	c := appendHeader(make([]byte, 0, hdr+s2.MaxEncodedLen(len(body))), entryPutsS2, now)

@@ -79,6 +79,24 @@ func TestCompressedPutsDamaged(t *testing.T) {
 	}
 }
 
+// Bodies over maxEntryBody are stored raw, so the decoder's bound never
+// refuses an entry the encoder wrote.
+func TestHugePutsStayUncompressed(t *testing.T) {
+	defer func(old int) { maxEntryBody = old }(maxEntryBody)
+	maxEntryBody = 3 * blockstore.BlockSize
+	puts := map[blockstore.Key]blockstore.Value{}
+	for b := range uint64(4) {
+		puts[blockstore.BlockKey(1, 2, b)] = blockstore.Value{Kind: blockstore.ValData, Data: make([]byte, blockstore.BlockSize)}
+	}
+	e := encodePuts(1, puts, 0)
+	if entryType(e[1]) != entryPuts {
+		t.Fatalf("a body over maxEntryBody is stored as entry type %d, want raw", e[1])
+	}
+	if r, err := decodeRecord(e); err != nil || len(r.Puts) != len(puts) {
+		t.Fatalf("decodeRecord = %d puts, %v", len(r.Puts), err)
+	}
+}
+
 // FuzzDecodeRecord: any bytes decode to an error or to a record that
 // encodes back to an entry decoding to the same puts; never a panic.
 func FuzzDecodeRecord(f *testing.F) {
