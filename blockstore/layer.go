@@ -154,6 +154,14 @@ type layerCounts struct {
 
 // appendLayer is AppendLayer that also fills counts when not nil. Without
 // compress, values are stored as given.
+// Compress s2-encodes src (block format) into dst's storage, growing it
+// when short, and reports whether that saves an eighth or more: below
+// that, the raw bytes are worth more than the decoding they spare.
+func Compress(dst, src []byte) ([]byte, bool) {
+	dst = s2.Encode(dst[:cap(dst)], src)
+	return dst, len(dst) <= len(src)-len(src)/8
+}
+
 func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, counts *layerCounts, compress bool) ([]byte, error) {
 	if minLSN > maxLSN {
 		return nil, fmt.Errorf("encode layer: MinLSN %d > MaxLSN %d", minLSN, maxLSN)
@@ -247,7 +255,8 @@ func (lw *layerWriter) add(key Key, vs []Version, raw []byte) error {
 		for _, v := range vs {
 			kind, data := v.Value.Kind, v.Value.Data
 			if lw.compress && kind == ValData && len(data) >= 64 {
-				if lw.zb = s2.Encode(lw.zb[:cap(lw.zb)], data); len(lw.zb) <= len(data)-len(data)/8 {
+				var ok bool
+				if lw.zb, ok = Compress(lw.zb, data); ok {
 					kind, data = valS2, lw.zb
 				}
 			}

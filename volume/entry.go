@@ -31,8 +31,7 @@ const (
 	entryPutsS2 entryType = 6
 )
 
-// compressMin is the smallest puts body worth compressing; compressed
-// bodies are kept only when they save an eighth or more.
+// compressMin is the smallest puts body worth compressing.
 const compressMin = 512
 
 // maxEntryBody is the largest body that is compressed. Batches hold a few
@@ -116,8 +115,8 @@ func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint in
 		return b
 	}
 	c := appendHeader(make([]byte, 0, hdr+s2.MaxEncodedLen(len(body))), entryPutsS2, now)
-	enc := s2.Encode(c[len(c):cap(c)], body)
-	if len(enc) > len(body)-len(body)/8 {
+	enc, ok := blockstore.Compress(c[len(c):], body)
+	if !ok {
 		return b
 	}
 	return c[:len(c)+len(enc)]
