@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# pgbench on native ext4 and on neonfs, in one run, with the ratio.
+# pgbench on native ext4, on a plain go-fuse loopback and on neonfs, in one
+# run, with the ratios.
 #
 #   sudo bench/pgbench.sh
 #   sudo ROUNDS=1 DURATION=10 bench/pgbench.sh   # quick check
+#   sudo LOOPBACK=0 bench/pgbench.sh             # native and neonfs only
+#
+# The loopback (bench/loopback) passes every request straight to a
+# directory on the same disk, mounted with neonfs's FUSE options (writeback
+# cache, xattrs off, long timeouts): it is the floor FUSE itself sets, so
+# neonfs/loopback is what neonfs's own work (the log, the block map) costs.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE`, CHECKPOINT, and its
 # writes settled (sync; on neonfs, until no flush or merge runs). Then, for
 # each of $ROUNDS rounds, TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and
-# select-only (`-S`, same options) run on both file systems, native first
-# in odd rounds and neonfs first in even ones, each after the file systems
-# settle again. Both Postgres servers stay up; only one runs a workload at
-# a time. Throughput on these shared machines swings by 20% between
-# identical runs, so the rounds alternate and the ratio
-# reported is the median of the per-round ratios; the spread of the
-# per-round ratios is printed too, since one round can land 0.1 off.
-# Native runs in a temp dir under /var/tmp; neonfs builds the binary (or uses
-# $NEONFS_BIN), inits a volume under the same temp dir and mounts it.
-# Everything (Postgres, the daemon, the mount, the temp dir) is cleaned up on
-# exit.
+# select-only (`-S`, same options) run on every file system, the order
+# rotating between rounds, each run after the file systems settle again.
+# All Postgres servers stay up; only one runs a workload at a time.
+# Throughput on these shared machines swings by 20% between identical
+# runs, so the ratios reported are the medians of the per-round ratios; the
+# spread of the per-round ratios is printed too, since one round can land
+# 0.1 off. Everything lives in a temp dir under /var/tmp; neonfs builds the
+# binary (or uses $NEONFS_BIN). Everything (Postgres, the daemons, the
+# mounts, the temp dir) is cleaned up on exit.
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
-# NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
+# LOOPBACK (1), NEONFS_BIN (build from the repo), PGBIN
+# (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -30,9 +36,10 @@ CLIENTS=${CLIENTS:-4}
 JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-5}
+LOOPBACK=${LOOPBACK:-1}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
-[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system and runs Postgres as postgres)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts file systems and runs Postgres as postgres)" >&2; exit 1; }
 for b in initdb pg_ctl pgbench; do
 	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
 done
@@ -40,18 +47,25 @@ done
 bench_workdir bench
 
 DAEMON_PID=""
+LOOP_PID=""
 MNT=$WORK/mnt
+LOOP_MNT=$WORK/loop-mnt
 PGDATAS=()
+
+# stop_daemon PID: SIGTERM, wait up to 60 s, then SIGKILL.
+stop_daemon() {
+	kill -0 "$1" 2>/dev/null || return 0
+	kill -TERM "$1"
+	for _ in $(seq 1 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+	kill -KILL "$1" 2>/dev/null
+}
 
 cleanup() {
 	local rc=$? d
 	set +e
 	for d in "${PGDATAS[@]}"; do stop_postgres "$d"; done
-	if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-		kill -TERM "$DAEMON_PID"
-		for _ in $(seq 1 600); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$DAEMON_PID" 2>/dev/null
-	fi
+	[ -n "$DAEMON_PID" ] && stop_daemon "$DAEMON_PID"
+	[ -n "$LOOP_PID" ] && stop_daemon "$LOOP_PID"
 	unmount_and_remove "$WORK"
 	exit $rc
 }
@@ -81,8 +95,21 @@ setup_on() {
 	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
 }
 
-# settle: both file systems quiet: dirty pages written back (native) and no
-# flush or merge running (neonfs).
+# wait_mounted MOUNTPOINT PID LOG: until MOUNTPOINT is mounted, or fail
+# with LOG if PID exits.
+wait_mounted() {
+	for _ in $(seq 1 600); do
+		mountpoint -q "$1" && return 0
+		kill -0 "$2" 2>/dev/null || { echo "bench: the daemon for $1 exited:" >&2; cat "$3" >&2; exit 1; }
+		sleep 0.1
+	done
+	echo "bench: $1 not mounted after 60s" >&2
+	cat "$3" >&2
+	exit 1
+}
+
+# settle: every file system quiet: dirty pages written back (native,
+# loopback) and no flush or merge running (neonfs).
 settle() {
 	sync
 	neonfs_settle "$BIN" "$WORK/volume"
@@ -98,38 +125,42 @@ run_on() {
 	tps_of <<<"$out"
 }
 
+FSES=(native)
 mkdir -m 0755 "$WORK/native"
 setup_on native "$WORK/native"
+
+if [ "$LOOPBACK" = 1 ]; then
+	echo "bench: building bench/loopback" >&2
+	go build -o "$WORK/loopback" ./bench/loopback
+	mkdir -m 0755 "$WORK/loop-dir" "$LOOP_MNT"
+	"$WORK/loopback" "$WORK/loop-dir" "$LOOP_MNT" >"$LOGS/loopback.log" 2>&1 &
+	LOOP_PID=$!
+	wait_mounted "$LOOP_MNT" "$LOOP_PID" "$LOGS/loopback.log"
+	setup_on loopback "$LOOP_MNT"
+	FSES+=(loopback)
+fi
 
 neonfs_binary "$WORK"
 "$BIN" init --data "$WORK/volume" >&2
 mkdir -m 0755 "$MNT"
 "$BIN" mount --data "$WORK/volume" "$MNT" >"$LOGS/neonfs.log" 2>&1 &
 DAEMON_PID=$!
-for _ in $(seq 1 600); do
-	mountpoint -q "$MNT" && break
-	kill -0 "$DAEMON_PID" 2>/dev/null || { echo "bench: neonfs mount exited:" >&2; cat "$LOGS/neonfs.log" >&2; exit 1; }
-	sleep 0.1
-done
-mountpoint -q "$MNT" || { echo "bench: $MNT not mounted after 60s" >&2; cat "$LOGS/neonfs.log" >&2; exit 1; }
+wait_mounted "$MNT" "$DAEMON_PID" "$LOGS/neonfs.log"
 setup_on neonfs "$MNT"
+FSES+=(neonfs)
 
-declare -a N_TPCB F_TPCB N_SEL F_SEL
+declare -A TPCB SEL
+n=${#FSES[@]}
 for r in $(seq 1 "$ROUNDS"); do
-	# Which file system goes first alternates too: the second run of a
-	# pair inherits the first one's warm CPU caches and kernel state.
-	if ((r % 2)); then
-		N_TPCB[r]=$(run_on native)
-		F_TPCB[r]=$(run_on neonfs)
-		N_SEL[r]=$(run_on native -S)
-		F_SEL[r]=$(run_on neonfs -S)
-	else
-		F_TPCB[r]=$(run_on neonfs)
-		N_TPCB[r]=$(run_on native)
-		F_SEL[r]=$(run_on neonfs -S)
-		N_SEL[r]=$(run_on native -S)
-	fi
-	echo "bench: round $r/$ROUNDS: TPC-B ${N_TPCB[r]} / ${F_TPCB[r]}, select-only ${N_SEL[r]} / ${F_SEL[r]} (native / neonfs)" >&2
+	# Which file system goes first rotates: a run inherits the previous
+	# one's warm CPU caches and kernel state.
+	order=()
+	for i in $(seq 0 $((n - 1))); do order+=("${FSES[$(((i + r - 1) % n))]}"); done
+	for fs in "${order[@]}"; do TPCB[$fs,$r]=$(run_on "$fs"); done
+	for fs in "${order[@]}"; do SEL[$fs,$r]=$(run_on "$fs" -S); done
+	line="bench: round $r/$ROUNDS:"
+	for fs in "${FSES[@]}"; do line+=" $fs TPC-B ${TPCB[$fs,$r]} -S ${SEL[$fs,$r]};"; done
+	echo "$line" >&2
 done
 
 for d in "${PGDATAS[@]}"; do pg_stop "$d"; done
@@ -144,18 +175,54 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 
 # median of the arguments
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { printf '%s\n' "$@" | sort -g | sed -n '1p;$p' | paste -sd' '; }
+
+# The ratios printed: each FUSE file system against native, and neonfs
+# against the loopback.
+PAIRS=("neonfs native")
+[ "$LOOPBACK" = 1 ] && PAIRS+=("loopback native" "neonfs loopback")
 
 echo
-echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS alternating rounds"
-printf '%-14s %6s %12s %12s %14s\n' workload round "native tps" "neonfs tps" "neonfs/native"
-TR=() SR=()
-for r in $(seq 1 "$ROUNDS"); do
-	TR+=("$(ratio "${F_TPCB[r]}" "${N_TPCB[r]}")")
-	SR+=("$(ratio "${F_SEL[r]}" "${N_SEL[r]}")")
-	printf '%-14s %6s %12.1f %12.1f %14s\n' tpc-b "$r" "${N_TPCB[r]}" "${F_TPCB[r]}" "${TR[-1]}"
-	printf '%-14s %6s %12.1f %12.1f %14s\n' select-only "$r" "${N_SEL[r]}" "${F_SEL[r]}" "${SR[-1]}"
+echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
+header=$(printf '%-12s %6s' workload round)
+for fs in "${FSES[@]}"; do header+=$(printf ' %10s' "$fs"); done
+for p in "${PAIRS[@]}"; do header+=$(printf ' %16s' "${p/ //}"); done
+echo "$header"
+declare -A RATIOS
+for w in tpc-b select-only; do
+	for r in $(seq 1 "$ROUNDS"); do
+		row=$(printf '%-12s %6s' "$w" "$r")
+		for fs in "${FSES[@]}"; do
+			if [ "$w" = tpc-b ]; then v=${TPCB[$fs,$r]}; else v=${SEL[$fs,$r]}; fi
+			row+=$(printf ' %10.1f' "$v")
+		done
+		for p in "${PAIRS[@]}"; do
+			read -r a b <<<"$p"
+			if [ "$w" = tpc-b ]; then x=$(ratio "${TPCB[$a,$r]}" "${TPCB[$b,$r]}"); else x=$(ratio "${SEL[$a,$r]}" "${SEL[$b,$r]}"); fi
+			RATIOS[$w,$p]+=" $x"
+			row+=$(printf ' %16s' "$x")
+		done
+		echo "$row"
+	done
 done
-printf '%-14s %6s %12.1f %12.1f %14s\n' tpc-b median "$(median "${N_TPCB[@]}")" "$(median "${F_TPCB[@]}")" "$(printf '%.3f' "$(median "${TR[@]}")")"
-printf '%-14s %6s %12.1f %12.1f %14s\n' select-only median "$(median "${N_SEL[@]}")" "$(median "${F_SEL[@]}")" "$(printf '%.3f' "$(median "${SR[@]}")")"
-spread() { printf '%s\n' "$@" | sort -g | sed -n '1p;$p' | paste -sd' '; }
-echo "per-round ratio spread (min max): tpc-b $(spread "${TR[@]}"), select-only $(spread "${SR[@]}")"
+for w in tpc-b select-only; do
+	row=$(printf '%-12s %6s' "$w" median)
+	for fs in "${FSES[@]}"; do
+		vals=()
+		for r in $(seq 1 "$ROUNDS"); do
+			if [ "$w" = tpc-b ]; then vals+=("${TPCB[$fs,$r]}"); else vals+=("${SEL[$fs,$r]}"); fi
+		done
+		row+=$(printf ' %10.1f' "$(median "${vals[@]}")")
+	done
+	for p in "${PAIRS[@]}"; do
+		# shellcheck disable=SC2086 # the ratios are space-separated on purpose
+		row+=$(printf ' %16.3f' "$(median ${RATIOS[$w,$p]})")
+	done
+	echo "$row"
+done
+for w in tpc-b select-only; do
+	for p in "${PAIRS[@]}"; do
+		# shellcheck disable=SC2086
+		echo "per-round ratio spread (min max), $w ${p/ //}: $(spread ${RATIOS[$w,$p]})"
+	done
+done
