@@ -38,11 +38,7 @@ PGDATAS=()
 
 stop_daemon() {
 	[ -n "$DAEMON_PID" ] || return 0
-	if kill -0 "$DAEMON_PID" 2>/dev/null; then
-		kill -TERM "$DAEMON_PID"
-		for _ in $(seq 1 600); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$DAEMON_PID" 2>/dev/null || true
-	fi
+	stop_pid "$DAEMON_PID"
 	wait "$DAEMON_PID" 2>/dev/null || echo "bench: warning: neonfs did not exit 0 on SIGTERM" >&2
 	DAEMON_PID=""
 }
@@ -79,12 +75,7 @@ bench_scale() {
 	"$BIN" init --data "$vol" >/dev/null
 	"$BIN" mount --data "$vol" "$mnt" >"$LOGS/neonfs-s$scale.log" 2>&1 &
 	DAEMON_PID=$!
-	for _ in $(seq 1 600); do
-		mountpoint -q "$mnt" && break
-		kill -0 "$DAEMON_PID" 2>/dev/null || { echo "bench: neonfs mount exited:" >&2; cat "$LOGS/neonfs-s$scale.log" >&2; exit 1; }
-		sleep 0.1
-	done
-	mountpoint -q "$mnt" || { echo "bench: $mnt not mounted after 60s" >&2; cat "$LOGS/neonfs-s$scale.log" >&2; exit 1; }
+	wait_mounted "$mnt" "$DAEMON_PID" "$LOGS/neonfs-s$scale.log"
 
 	pgdata=$mnt/pgdata
 	mkdir "$pgdata"

@@ -46,6 +46,29 @@ stop_postgres() {
 	return 0
 }
 
+# stop_pid PID: SIGTERM, up to 60s, then SIGKILL.
+stop_pid() {
+	local pid=$1
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+# wait_mounted MOUNTPOINT PID LOG [SECONDS]: until MOUNTPOINT is mounted
+# (default 60 s); fails with LOG if PID, the daemon serving it, exits first.
+wait_mounted() {
+	local i
+	for ((i = 0; i < ${4:-60} * 10; i++)); do
+		mountpoint -q "$1" && return 0
+		kill -0 "$2" 2>/dev/null || { echo "bench: the daemon for $1 exited:" >&2; cat "$3" >&2; exit 1; }
+		sleep 0.1
+	done
+	echo "bench: $1 not mounted after ${4:-60}s" >&2
+	cat "$3" >&2
+	exit 1
+}
+
 # mounts_under DIR: mountpoints beneath DIR, innermost first.
 mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
 

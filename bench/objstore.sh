@@ -83,15 +83,6 @@ DAEMON_LOG="" # the running (or last) daemon's
 VGW_PID=""
 PGDATAS=()
 
-# stop_pid PID: SIGTERM, up to 60s, then SIGKILL.
-stop_pid() {
-	local pid=$1
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-	kill -KILL "$pid" 2>/dev/null || true
-}
-
 # log_tails: for a failure, the end of the logs written last (the step
 # that failed and what served it: the daemon, Postgres, versitygw).
 log_tails() {
@@ -237,12 +228,7 @@ mount_main() {
 	t0=$(now_ms)
 	"$BIN" mount --data "$DATA" "$MNT" >"$log" 2>&1 &
 	DAEMON_PID=$!
-	for _ in $(seq 1 1200); do
-		mountpoint -q "$MNT" && break
-		kill -0 "$DAEMON_PID" 2>/dev/null || die "neonfs mount exited"
-		sleep 0.1
-	done
-	mountpoint -q "$MNT" || die "$MNT not mounted after 120s"
+	wait_mounted "$MNT" "$DAEMON_PID" "$log" 120
 	MOUNT_MS=$(($(now_ms) - t0))
 }
 

@@ -52,20 +52,12 @@ MNT=$WORK/mnt
 LOOP_MNT=$WORK/loop-mnt
 PGDATAS=()
 
-# stop_daemon PID: SIGTERM, wait up to 60 s, then SIGKILL.
-stop_daemon() {
-	kill -0 "$1" 2>/dev/null || return 0
-	kill -TERM "$1"
-	for _ in $(seq 1 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-	kill -KILL "$1" 2>/dev/null
-}
-
 cleanup() {
 	local rc=$? d
 	set +e
 	for d in "${PGDATAS[@]}"; do stop_postgres "$d"; done
-	[ -n "$DAEMON_PID" ] && stop_daemon "$DAEMON_PID"
-	[ -n "$LOOP_PID" ] && stop_daemon "$LOOP_PID"
+	[ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
+	[ -n "$LOOP_PID" ] && stop_pid "$LOOP_PID"
 	unmount_and_remove "$WORK"
 	exit $rc
 }
@@ -93,19 +85,6 @@ setup_on() {
 	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "$port" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
 	echo "bench[$label]: init took $((SECONDS - t0))s" >&2
 	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
-}
-
-# wait_mounted MOUNTPOINT PID LOG: until MOUNTPOINT is mounted, or fail
-# with LOG if PID exits.
-wait_mounted() {
-	for _ in $(seq 1 600); do
-		mountpoint -q "$1" && return 0
-		kill -0 "$2" 2>/dev/null || { echo "bench: the daemon for $1 exited:" >&2; cat "$3" >&2; exit 1; }
-		sleep 0.1
-	done
-	echo "bench: $1 not mounted after 60s" >&2
-	cat "$3" >&2
-	exit 1
 }
 
 # settle: every file system quiet: dirty pages written back (native,
@@ -149,17 +128,22 @@ wait_mounted "$MNT" "$DAEMON_PID" "$LOGS/neonfs.log"
 setup_on neonfs "$MNT"
 FSES+=(neonfs)
 
-declare -A TPCB SEL
+# TPS[workload,fs,round]; pgbench args per workload.
+declare -A TPS
+declare -A ARGS=([tpc-b]="" [select-only]="-S")
+WORKLOADS=(tpc-b select-only)
 n=${#FSES[@]}
 for r in $(seq 1 "$ROUNDS"); do
 	# Which file system goes first rotates: a run inherits the previous
 	# one's warm CPU caches and kernel state.
 	order=()
 	for i in $(seq 0 $((n - 1))); do order+=("${FSES[$(((i + r - 1) % n))]}"); done
-	for fs in "${order[@]}"; do TPCB[$fs,$r]=$(run_on "$fs"); done
-	for fs in "${order[@]}"; do SEL[$fs,$r]=$(run_on "$fs" -S); done
 	line="bench: round $r/$ROUNDS:"
-	for fs in "${FSES[@]}"; do line+=" $fs TPC-B ${TPCB[$fs,$r]} -S ${SEL[$fs,$r]};"; done
+	for w in "${WORKLOADS[@]}"; do
+		# shellcheck disable=SC2086 # ARGS is empty or one word
+		for fs in "${order[@]}"; do TPS[$w,$fs,$r]=$(run_on "$fs" ${ARGS[$w]}); done
+		for fs in "${FSES[@]}"; do line+=" $w $fs ${TPS[$w,$fs,$r]};"; done
+	done
 	echo "$line" >&2
 done
 
@@ -188,41 +172,34 @@ header=$(printf '%-12s %6s' workload round)
 for fs in "${FSES[@]}"; do header+=$(printf ' %10s' "$fs"); done
 for p in "${PAIRS[@]}"; do header+=$(printf ' %16s' "${p/ //}"); done
 echo "$header"
-declare -A RATIOS
-for w in tpc-b select-only; do
+# RATIOS[workload,pair] and LISTS[workload,fs]: space-separated per-round values.
+declare -A RATIOS LISTS
+for w in "${WORKLOADS[@]}"; do
 	for r in $(seq 1 "$ROUNDS"); do
 		row=$(printf '%-12s %6s' "$w" "$r")
 		for fs in "${FSES[@]}"; do
-			if [ "$w" = tpc-b ]; then v=${TPCB[$fs,$r]}; else v=${SEL[$fs,$r]}; fi
-			row+=$(printf ' %10.1f' "$v")
+			LISTS[$w,$fs]+=" ${TPS[$w,$fs,$r]}"
+			row+=$(printf ' %10.1f' "${TPS[$w,$fs,$r]}")
 		done
 		for p in "${PAIRS[@]}"; do
 			read -r a b <<<"$p"
-			if [ "$w" = tpc-b ]; then x=$(ratio "${TPCB[$a,$r]}" "${TPCB[$b,$r]}"); else x=$(ratio "${SEL[$a,$r]}" "${SEL[$b,$r]}"); fi
+			x=$(ratio "${TPS[$w,$a,$r]}" "${TPS[$w,$b,$r]}")
 			RATIOS[$w,$p]+=" $x"
 			row+=$(printf ' %16s' "$x")
 		done
 		echo "$row"
 	done
 done
-for w in tpc-b select-only; do
+# shellcheck disable=SC2086 # the lists are space-separated on purpose
+for w in "${WORKLOADS[@]}"; do
 	row=$(printf '%-12s %6s' "$w" median)
-	for fs in "${FSES[@]}"; do
-		vals=()
-		for r in $(seq 1 "$ROUNDS"); do
-			if [ "$w" = tpc-b ]; then vals+=("${TPCB[$fs,$r]}"); else vals+=("${SEL[$fs,$r]}"); fi
-		done
-		row+=$(printf ' %10.1f' "$(median "${vals[@]}")")
-	done
-	for p in "${PAIRS[@]}"; do
-		# shellcheck disable=SC2086 # the ratios are space-separated on purpose
-		row+=$(printf ' %16.3f' "$(median ${RATIOS[$w,$p]})")
-	done
+	for fs in "${FSES[@]}"; do row+=$(printf ' %10.1f' "$(median ${LISTS[$w,$fs]})"); done
+	for p in "${PAIRS[@]}"; do row+=$(printf ' %16.3f' "$(median ${RATIOS[$w,$p]})"); done
 	echo "$row"
 done
-for w in tpc-b select-only; do
+# shellcheck disable=SC2086
+for w in "${WORKLOADS[@]}"; do
 	for p in "${PAIRS[@]}"; do
-		# shellcheck disable=SC2086
 		echo "per-round ratio spread (min max), $w ${p/ //}: $(spread ${RATIOS[$w,$p]})"
 	done
 done
