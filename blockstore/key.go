@@ -91,12 +91,45 @@ func (k Key) Compare(o Key) int {
 	return strings.Compare(k.Name, o.Name)
 }
 
-// maxNameLen bounds dirent names (NAME_MAX) so a decoder never allocates
-// from a corrupted length.
-const maxNameLen = 255
+// MaxNameLen is NAME_MAX: the longest dirent name a key holds. Its
+// encoding spends one byte on the length, so a longer name cannot be
+// written; file systems refuse such names with ENAMETOOLONG.
+const MaxNameLen = 255
 
-// AppendKey appends the binary encoding of k. The encoding of KindBlock and
-// KindInode keys is fixed-size; dirents carry a one-byte name length.
+// ErrNameTooLong is wrapped by Check for a dirent name over MaxNameLen.
+var ErrNameTooLong = errors.New("name longer than 255 bytes")
+
+// Check reports whether k survives AppendKey/DecodeKey unchanged. AppendKey
+// drops the fields a kind does not use and cannot hold a name over
+// MaxNameLen, so a key failing Check would be stored as another key (or,
+// in a log entry, make the entry undecodable). Every encoder of keys calls
+// it first.
+func (k Key) Check() error {
+	switch k.Kind {
+	case KindBlock:
+		if k.Name != "" {
+			return fmt.Errorf("key %v: block key with a name", k)
+		}
+	case KindInode:
+		if k.Name != "" || k.Block != 0 {
+			return fmt.Errorf("key %v: inode key with a name or block", k)
+		}
+	case KindDirent:
+		if k.Block != 0 {
+			return fmt.Errorf("key %v: dirent key with a block", k)
+		}
+		if len(k.Name) > MaxNameLen {
+			return fmt.Errorf("dirent key b%d/%d (%d-byte name): %w", k.Branch, k.Ino, len(k.Name), ErrNameTooLong)
+		}
+	default:
+		return fmt.Errorf("key %v: invalid kind", k)
+	}
+	return nil
+}
+
+// AppendKey appends the binary encoding of k, which must pass Check. The
+// encoding of KindBlock and KindInode keys is fixed-size; dirents carry a
+// one-byte name length.
 func AppendKey(b []byte, k Key) []byte {
 	b = binary.BigEndian.AppendUint32(b, k.Branch)
 	b = append(b, byte(k.Kind))
@@ -159,6 +192,21 @@ const (
 type Value struct {
 	Kind ValueKind
 	Data []byte
+}
+
+// Check reports whether v survives encoding unchanged: a known kind, and
+// data only on ValData.
+func (v Value) Check() error {
+	switch v.Kind {
+	case ValData:
+	case ValZero, ValTombstone:
+		if len(v.Data) > 0 {
+			return fmt.Errorf("value kind %d with %d bytes of data", v.Kind, len(v.Data))
+		}
+	default:
+		return fmt.Errorf("unknown value kind %d", v.Kind)
+	}
+	return nil
 }
 
 // Deleted reports whether the key does not exist at this version.

@@ -103,33 +103,6 @@ type LayerMeta struct {
 	BranchBytes map[uint32]int64 `json:",omitempty"`
 }
 
-// checkLayerKey rejects keys that would not survive AppendKey/DecodeKey
-// unchanged: AppendKey drops the fields a kind does not use and truncates
-// long names, so such a key could be stored under a different key or out of
-// order.
-func checkLayerKey(k Key) error {
-	switch k.Kind {
-	case KindBlock:
-		if k.Name != "" {
-			return fmt.Errorf("key %v: block key with a name", k)
-		}
-	case KindInode:
-		if k.Name != "" || k.Block != 0 {
-			return fmt.Errorf("key %v: inode key with a name or block", k)
-		}
-	case KindDirent:
-		if k.Block != 0 {
-			return fmt.Errorf("key %v: dirent key with a block", k)
-		}
-		if len(k.Name) > maxNameLen {
-			return fmt.Errorf("key %v: name longer than %d bytes", k, maxNameLen)
-		}
-	default:
-		return fmt.Errorf("key %v: invalid kind", k)
-	}
-	return nil
-}
-
 // EncodeLayer encodes entries, which must already be sorted (key asc, LSN
 // desc); it returns an error (not a panic) if they are not, or if an LSN
 // falls outside (minLSN, maxLSN].
@@ -169,7 +142,7 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, counts *lay
 	size := 0
 	for i := range entries {
 		e := &entries[i]
-		if err := checkLayerKey(e.Key); err != nil {
+		if err := e.Key.Check(); err != nil {
 			return nil, fmt.Errorf("encode layer: entry %d: %w", i, err)
 		}
 		if e.LSN <= minLSN || e.LSN > maxLSN {

@@ -358,6 +358,9 @@ func printStatus(st volume.Status) {
 	if st.DiskFull {
 		fmt.Fprintf(w, "disk\tFULL: writes refused with ENOSPC\n")
 	}
+	if st.Stopped != "" {
+		fmt.Fprintf(w, "STOPPED\t%s; no writes are accepted (a newer neonfs may read it; otherwise restore from the object store)\n", st.Stopped)
+	}
 	if st.LastFlushError != "" {
 		fmt.Fprintf(w, "last flush error\t%s (retrying; writes keep committing to the log)\n", st.LastFlushError)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -43,6 +42,7 @@ type BranchFS struct {
 type node struct {
 	attr     Attr
 	children map[string]uint64 // directories only
+	parent   uint64            // directories only: the one directory naming it (the root's is itself)
 	lastSeq  uint64            // batch holding the last change, for fsync
 	// dataSeq is the batch holding the last change fdatasync must wait
 	// for: everything but timestamp, mode and owner changes. With writeback
@@ -74,6 +74,29 @@ type AttrChange struct {
 }
 
 func now() int64 { return time.Now().UnixNano() }
+
+// Limits, matched to ext4 so a program sees the errno it would see on a
+// native data directory.
+const (
+	// MaxFileSize is ext4's largest file (4 KiB blocks): 16 TiB - 4 KiB.
+	// Writes and truncates past it get EFBIG.
+	MaxFileSize = 16<<40 - 4096
+	// MaxSymlinkLen is the longest symlink target: PATH_MAX without its
+	// NUL. Longer targets get ENAMETOOLONG.
+	MaxSymlinkLen = 4095
+)
+
+// checkName refuses names a dirent key cannot hold (NAME_MAX). The kernel
+// passes FUSE names of up to 1024 bytes, so every call taking a name checks
+// it before changing anything.
+func checkName(names ...string) syscall.Errno {
+	for _, n := range names {
+		if len(n) > blockstore.MaxNameLen {
+			return syscall.ENAMETOOLONG
+		}
+	}
+	return 0
+}
 
 // load builds the namespace from the block map.
 func (f *BranchFS) load(ctx context.Context) error {
@@ -114,10 +137,13 @@ func (f *BranchFS) load(ctx context.Context) error {
 			continue
 		}
 		p.children[e.Key.Name] = child
+		f.nodes[child].parent = e.Key.Ino
 	}
-	if f.nodes[rootIno] == nil {
+	root := f.nodes[rootIno]
+	if root == nil {
 		return errors.New("branch has no root directory")
 	}
+	root.parent = rootIno
 	return nil
 }
 
@@ -209,6 +235,9 @@ func (f *BranchFS) logAttrLocked(n *node, puts ...blockstore.Entry) syscall.Errn
 // and marks the nodes; data says whether fdatasync waits for it.
 func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
 	seq, err := f.vol.commit.put(urgent, puts)
+	if errors.Is(err, blockstore.ErrNameTooLong) {
+		return syscall.ENAMETOOLONG // callers check names first; this is the last line
+	}
 	if err != nil {
 		slog.Error("log change", "branch", f.name, "err", err)
 		return syscall.EIO
@@ -250,6 +279,9 @@ func (f *BranchFS) GetAttr(ino uint64) (Attr, syscall.Errno) {
 
 // Lookup finds name in directory parent.
 func (f *BranchFS) Lookup(parent uint64, name string) (uint64, Attr, syscall.Errno) {
+	if errno := checkName(name); errno != 0 {
+		return 0, Attr{}, errno
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	p := f.nodes[parent]
@@ -263,8 +295,8 @@ func (f *BranchFS) Lookup(parent uint64, name string) (uint64, Attr, syscall.Err
 	return ino, f.nodes[ino].attr, 0
 }
 
-// Readdir lists a directory in name order (stable across calls, as FUSE
-// readdir offsets need).
+// Readdir lists a directory: "." and "..", then the names in name order
+// (stable across calls, as FUSE readdir offsets need).
 func (f *BranchFS) Readdir(ino uint64) ([]DirEntry, syscall.Errno) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -272,7 +304,7 @@ func (f *BranchFS) Readdir(ino uint64) ([]DirEntry, syscall.Errno) {
 	if n == nil || n.children == nil {
 		return nil, syscall.ENOTDIR
 	}
-	out := make([]DirEntry, 0, len(n.children))
+	out := make([]DirEntry, 0, len(n.children)+2)
 	for name, c := range n.children {
 		out = append(out, DirEntry{Name: name, Ino: c, Mode: f.nodes[c].attr.Mode})
 	}
@@ -285,7 +317,8 @@ func (f *BranchFS) Readdir(ino uint64) ([]DirEntry, syscall.Errno) {
 		}
 		return 0
 	})
-	return out, 0
+	dots := []DirEntry{{Name: ".", Ino: ino, Mode: syscall.S_IFDIR}, {Name: "..", Ino: n.parent, Mode: syscall.S_IFDIR}}
+	return append(dots, out...), 0
 }
 
 // Readlink returns a symlink's target.
@@ -305,11 +338,14 @@ func (f *BranchFS) Readlink(ino uint64) (string, syscall.Errno) {
 // Create makes a new inode named name in parent: a file, directory,
 // symlink or special file depending on mode.
 func (f *BranchFS) Create(parent uint64, name string, mode, uid, gid, rdev uint32, target string) (uint64, Attr, syscall.Errno) {
-	if errno := f.begin(256); errno != 0 {
+	if errno := checkName(name); errno != 0 {
 		return 0, Attr{}, errno
 	}
-	if len(name) > 255 {
+	if len(target) > MaxSymlinkLen {
 		return 0, Attr{}, syscall.ENAMETOOLONG
+	}
+	if errno := f.begin(256 + len(target)); errno != 0 {
+		return 0, Attr{}, errno
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -327,6 +363,7 @@ func (f *BranchFS) Create(parent uint64, name string, mode, uid, gid, rdev uint3
 	if n.attr.IsDir() {
 		n.attr.Nlink = 2
 		n.children = make(map[string]uint64)
+		n.parent = parent
 		p.attr.Nlink++
 	}
 	if target != "" {
@@ -341,6 +378,9 @@ func (f *BranchFS) Create(parent uint64, name string, mode, uid, gid, rdev uint3
 
 // Link adds name in parent for the existing inode ino.
 func (f *BranchFS) Link(ino, parent uint64, name string) (Attr, syscall.Errno) {
+	if errno := checkName(name); errno != 0 {
+		return Attr{}, errno
+	}
 	if errno := f.begin(256); errno != 0 {
 		return Attr{}, errno
 	}
@@ -372,6 +412,9 @@ func (f *BranchFS) Link(ino, parent uint64, name string) (Attr, syscall.Errno) {
 // An unlinked file stays readable through open handles: its inode and
 // blocks are left in place (inode numbers are never reused).
 func (f *BranchFS) Remove(parent uint64, name string, dir bool) syscall.Errno {
+	if errno := checkName(name); errno != 0 {
+		return errno
+	}
 	if errno := f.begin(256); errno != 0 {
 		return errno
 	}
@@ -417,11 +460,11 @@ const (
 // Rename moves oldName in oldParent to newName in newParent; an existing
 // target is replaced atomically (one log entry holds the whole change).
 func (f *BranchFS) Rename(oldParent uint64, oldName string, newParent uint64, newName string, flags uint32) syscall.Errno {
-	if errno := f.begin(512); errno != 0 {
+	if errno := checkName(oldName, newName); errno != 0 {
 		return errno
 	}
-	if len(newName) > 255 {
-		return syscall.ENAMETOOLONG
+	if errno := f.begin(512); errno != 0 {
+		return errno
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -455,6 +498,9 @@ func (f *BranchFS) Rename(oldParent uint64, oldName string, newParent uint64, ne
 			}
 		}
 		dst.attr.Ctime = t
+		if dst.attr.IsDir() {
+			dst.parent = oldParent
+		}
 		touched = append(touched, dst)
 		puts = append(puts, f.direntPut(oldParent, oldName, dstIno, dst.attr.Mode), f.inodePut(dstIno, dst))
 	case exists && flags&RenameNoReplace != 0:
@@ -493,6 +539,9 @@ func (f *BranchFS) Rename(oldParent uint64, oldName string, newParent uint64, ne
 		}
 	}
 	src.attr.Ctime = t
+	if src.attr.IsDir() {
+		src.parent = newParent
+	}
 	op.attr.Mtime, op.attr.Ctime = t, t
 	np.attr.Mtime, np.attr.Ctime = t, t
 	puts = append(puts, f.direntPut(newParent, newName, srcIno, src.attr.Mode),
@@ -502,6 +551,9 @@ func (f *BranchFS) Rename(oldParent uint64, oldName string, newParent uint64, ne
 
 // SetAttr changes attributes; a size change truncates or extends the file.
 func (f *BranchFS) SetAttr(ino uint64, c AttrChange) (Attr, syscall.Errno) {
+	if c.Size != nil && *c.Size > MaxFileSize {
+		return Attr{}, syscall.EFBIG
+	}
 	if errno := f.begin(bs + 256); errno != 0 {
 		return Attr{}, errno
 	}
@@ -555,14 +607,18 @@ func (f *BranchFS) SetAttr(ino uint64, c AttrChange) (Attr, syscall.Errno) {
 // deletes the blocks past it, so a later grow cannot resurrect old bytes.
 func (f *BranchFS) resizeLocked(ino uint64, n *node, size uint64) ([]blockstore.Entry, syscall.Errno) {
 	old := n.attr.Size
-	n.attr.Size = size
 	if size >= old {
+		n.attr.Size = size
 		return nil, 0
 	}
-	var puts []blockstore.Entry
 	first := (size + bs - 1) / bs
 	last := (old + bs - 1) / bs
-	for b := first; b < last; b++ {
+	cut, errno := f.blocksIn(ino, first, last)
+	if errno != 0 {
+		return nil, errno
+	}
+	puts := make([]blockstore.Entry, 0, len(cut)+1)
+	for _, b := range cut {
 		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
 			Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone}}})
 	}
@@ -576,7 +632,45 @@ func (f *BranchFS) resizeLocked(ino uint64, n *node, size uint64) ([]blockstore.
 		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
 			Version: blockstore.Version{Value: blockstore.BlockValue(page)}})
 	}
+	n.attr.Size = size
 	return puts, 0
+}
+
+// denseCut is how many blocks a shrink deletes one by one without looking
+// which exist: a short cut costs less than a scan.
+const denseCut = 1024
+
+// blocksIn returns the block numbers in [first, last) that a shrink must
+// delete. Over a long range (a sparse file of terabytes) it lists only the
+// blocks that exist: the committer's pending puts, then the block map (in
+// that order, so a batch applied in between is seen in one or the other).
+func (f *BranchFS) blocksIn(ino, first, last uint64) ([]uint64, syscall.Errno) {
+	if last-first <= denseCut {
+		out := make([]uint64, 0, last-first)
+		for b := first; b < last; b++ {
+			out = append(out, b)
+		}
+		return out, 0
+	}
+	from, to := blockstore.BlockKey(f.branch, ino, first), blockstore.BlockKey(f.branch, ino, last)
+	set := make(map[uint64]struct{})
+	for _, k := range f.vol.commit.keysIn(from, to) {
+		set[k.Block] = struct{}{}
+	}
+	err := f.vol.store.ScanLatest(context.Background(), f.lineage, from, to, func(e blockstore.Entry) error {
+		set[e.Key.Block] = struct{}{}
+		return nil
+	})
+	if err != nil {
+		slog.Error("list blocks to truncate", "branch", f.name, "ino", ino, "err", err)
+		return nil, syscall.EIO
+	}
+	out := make([]uint64, 0, len(set))
+	for b := range set {
+		out = append(out, b)
+	}
+	slices.Sort(out)
+	return out, 0
 }
 
 // readBlock returns a fresh copy of block b of ino (zeros when absent).
@@ -655,6 +749,14 @@ func (f *BranchFS) Read(ino uint64, dest []byte, off int64) (int, syscall.Errno)
 // thread for them, which costs about 0.1 ms on these machines (measured:
 // +8% TPC-B).
 func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno) {
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	if off >= MaxFileSize {
+		return 0, syscall.EFBIG
+	}
+	// As on ext4, a write crossing the limit is cut short at it.
+	data = data[:min(int64(len(data)), MaxFileSize-off)]
 	seq, urgent, errno := f.write(ino, data, off)
 	if errno != 0 {
 		return 0, errno
@@ -669,9 +771,6 @@ func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno
 }
 
 func (f *BranchFS) write(ino uint64, data []byte, off int64) (seq uint64, urgent bool, errno syscall.Errno) {
-	if off < 0 || off+int64(len(data)) > math.MaxInt64/2 {
-		return 0, false, syscall.EFBIG
-	}
 	if errno := f.begin(len(data) + 2*bs); errno != 0 {
 		return 0, false, errno
 	}
@@ -728,6 +827,9 @@ func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall
 	const keepSize = 1
 	if mode&^keepSize != 0 {
 		return syscall.EOPNOTSUPP
+	}
+	if off+length < off || off+length > MaxFileSize {
+		return syscall.EFBIG
 	}
 	if mode&keepSize != 0 {
 		return 0

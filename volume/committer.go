@@ -140,6 +140,9 @@ func (c *Committer) PutLazy(puts ...blockstore.Entry) (uint64, error) {
 func (c *Committer) put(urgent bool, puts []blockstore.Entry) (uint64, error) {
 	size := 0
 	for _, e := range puts {
+		if err := checkPut(e); err != nil {
+			return 0, err
+		}
 		size += putSize(e)
 	}
 	c.mu.Lock()
@@ -193,6 +196,28 @@ func (c *Committer) Lookup(k blockstore.Key) (blockstore.Value, bool) {
 		}
 	}
 	return blockstore.Value{}, false
+}
+
+// keysIn returns the keys in [from, to) of batches not yet applied.
+func (c *Committer) keysIn(from, to blockstore.Key) []blockstore.Key {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []blockstore.Key
+	scan := func(b *batch) {
+		for k := range b.puts {
+			if k.Compare(from) >= 0 && k.Compare(to) < 0 {
+				out = append(out, k)
+			}
+		}
+	}
+	scan(c.open)
+	for _, b := range c.queued {
+		scan(b)
+	}
+	if c.inflight != nil {
+		scan(c.inflight)
+	}
+	return out
 }
 
 // Current is the seq of the open batch: Wait(Current()) is a barrier for
@@ -262,9 +287,15 @@ func (c *Committer) run() {
 		c.inflight = b
 		c.mu.Unlock()
 
-		data := encodePuts(time.Now().UnixNano(), b.puts, b.bytes)
+		// put checked every entry, so encoding cannot fail; if it did,
+		// nothing reaches the log and the committer stops.
+		data, err := encodePuts(time.Now().UnixNano(), b.puts, b.bytes)
 		start := time.Now()
-		err := c.proposeRetrying(data)
+		if err == nil {
+			err = c.proposeRetrying(data)
+		} else {
+			err = permanentError{err}
+		}
 
 		c.mu.Lock()
 		c.stats.Entries++

@@ -99,27 +99,42 @@ func appendValue(b []byte, v blockstore.Value) []byte {
 	return append(b, v.Data...)
 }
 
+// checkPut reports whether e can be written in a puts entry and read back
+// unchanged. The committer checks each put as it is accepted, so a change
+// the log cannot hold fails its caller, never the commit.
+func checkPut(e blockstore.Entry) error {
+	if err := e.Key.Check(); err != nil {
+		return err
+	}
+	return e.Value.Check()
+}
+
 // encodePuts encodes a batch, compressed when that pays. Order within a
 // batch does not matter: all its puts share one LSN and keys are unique.
-func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) []byte {
+// It refuses a batch holding a put checkPut refuses: an entry that reached
+// the log and could not be decoded would stop the volume.
+func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error) {
 	b := make([]byte, 0, sizeHint+len(puts)*32+16)
 	b = appendHeader(b, entryPuts, now)
 	hdr := len(b)
 	b = binary.AppendUvarint(b, uint64(len(puts)))
 	for k, v := range puts {
+		if err := checkPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}); err != nil {
+			return nil, fmt.Errorf("encode puts: %w", err)
+		}
 		b = blockstore.AppendKey(b, k)
 		b = appendValue(b, v)
 	}
 	body := b[hdr:]
 	if len(body) < compressMin || len(body) > maxEntryBody {
-		return b
+		return b, nil
 	}
 	c := appendHeader(make([]byte, 0, hdr+s2.MaxEncodedLen(len(body))), entryPutsS2, now)
 	enc, ok := blockstore.Compress(c[len(c):], body)
 	if !ok {
-		return b
+		return b, nil
 	}
-	return c[:len(c)+len(enc)]
+	return c[:len(c)+len(enc)], nil
 }
 
 func encodeFreeze(now int64) []byte { return appendHeader(nil, entryFreeze, now) }
@@ -136,8 +151,11 @@ func encodeJSON(t entryType, now int64, v any) ([]byte, error) {
 // it will not reuse.
 func decodeRecord(b []byte) (record, error) {
 	var r record
-	if len(b) < 3 || b[0] != entryFormat {
-		return r, fmt.Errorf("%w: unknown format", errBadEntry)
+	if len(b) < 3 {
+		return r, fmt.Errorf("%w: %d bytes", errBadEntry, len(b))
+	}
+	if b[0] != entryFormat {
+		return r, fmt.Errorf("%w: entry format %d is unknown to this binary (written by a newer neonfs?)", errBadEntry, b[0])
 	}
 	r.Type = entryType(b[1])
 	t, n := binary.Varint(b[2:])
@@ -177,7 +195,7 @@ func decodeRecord(b []byte) (record, error) {
 			return r, fmt.Errorf("%w: merge: %v", errBadEntry, err)
 		}
 	default:
-		return r, fmt.Errorf("%w: type %d", errBadEntry, r.Type)
+		return r, fmt.Errorf("%w: entry type %d is unknown to this binary (written by a newer neonfs?)", errBadEntry, r.Type)
 	}
 	return r, nil
 }
@@ -211,7 +229,12 @@ func decodePuts(b []byte) ([]blockstore.Entry, error) {
 		if l > 0 {
 			v.Data = rest[:l:l]
 		}
-		puts = append(puts, blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}})
+		e := blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}
+		// What the encoder would refuse is damage, not a put.
+		if err := checkPut(e); err != nil {
+			return nil, fmt.Errorf("%w: %v", errBadEntry, err)
+		}
+		puts = append(puts, e)
 		b = rest[l:]
 	}
 	return puts, nil

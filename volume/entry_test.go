@@ -32,7 +32,7 @@ func TestPutsRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := blockstore.BlockKey(1, 2, 3)
-			b := encodePuts(42, map[blockstore.Key]blockstore.Value{k: tt.value}, 0)
+			b := mustEncodePuts(t, 42, map[blockstore.Key]blockstore.Value{k: tt.value}, 0)
 			if entryType(b[1]) != tt.as {
 				t.Errorf("stored as entry type %d (%d bytes), want %d", b[1], len(b), tt.as)
 			}
@@ -54,7 +54,7 @@ func TestPutsRoundTrip(t *testing.T) {
 func TestCompressedPutsDamaged(t *testing.T) {
 	sparse := make([]byte, blockstore.BlockSize)
 	copy(sparse, "header")
-	good := encodePuts(7, map[blockstore.Key]blockstore.Value{
+	good := mustEncodePuts(t, 7, map[blockstore.Key]blockstore.Value{
 		blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse}}, 0)
 	if entryType(good[1]) != entryPutsS2 {
 		t.Fatalf("a sparse page is stored as entry type %d, want compressed", good[1])
@@ -88,7 +88,7 @@ func TestHugePutsStayUncompressed(t *testing.T) {
 	for b := range uint64(4) {
 		puts[blockstore.BlockKey(1, 2, b)] = blockstore.Value{Kind: blockstore.ValData, Data: make([]byte, blockstore.BlockSize)}
 	}
-	e := encodePuts(1, puts, 0)
+	e := mustEncodePuts(t, 1, puts, 0)
 	if entryType(e[1]) != entryPuts {
 		t.Fatalf("a body over maxEntryBody is stored as entry type %d, want raw", e[1])
 	}
@@ -102,7 +102,7 @@ func TestHugePutsStayUncompressed(t *testing.T) {
 func FuzzDecodeRecord(f *testing.F) {
 	sparse := make([]byte, blockstore.BlockSize)
 	copy(sparse, "header")
-	f.Add(encodePuts(1, map[blockstore.Key]blockstore.Value{
+	f.Add(mustEncodePuts(f, 1, map[blockstore.Key]blockstore.Value{
 		blockstore.BlockKey(1, 2, 3):        {Kind: blockstore.ValData, Data: sparse},
 		blockstore.InodeKey(1, 2):           {Kind: blockstore.ValData, Data: []byte("attr")},
 		blockstore.DirentKey(1, 1, "x"):     {Kind: blockstore.ValTombstone},
@@ -112,7 +112,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		blockstore.InodeKey(3, 1<<62):       {Kind: blockstore.ValData},
 		blockstore.DirentKey(1, 7, "12345"): {Kind: blockstore.ValData, Data: []byte("ino")},
 	}, 0))
-	f.Add(encodePuts(2, map[blockstore.Key]blockstore.Value{
+	f.Add(mustEncodePuts(f, 2, map[blockstore.Key]blockstore.Value{
 		blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse},
 	}, 0)) // compressed
 	f.Add(encodeFreeze(5))
@@ -128,7 +128,11 @@ func FuzzDecodeRecord(f *testing.F) {
 		for _, p := range r.Puts {
 			puts[p.Key] = p.Value
 		}
-		again, err := decodeRecord(encodePuts(r.Time, puts, 0))
+		b, err := encodePuts(r.Time, puts, 0)
+		if err != nil {
+			t.Fatalf("decoded puts do not encode: %v", err)
+		}
+		again, err := decodeRecord(b)
 		if err != nil {
 			t.Fatalf("re-encoded puts do not decode: %v", err)
 		}
@@ -138,6 +142,83 @@ func FuzzDecodeRecord(f *testing.F) {
 		for _, p := range again.Puts {
 			want := puts[p.Key]
 			if p.Value.Kind != want.Kind || !bytes.Equal(p.Value.Data, want.Data) {
+				t.Fatalf("put %v changed in a round trip", p.Key)
+			}
+		}
+	})
+}
+
+func mustEncodePuts(t testing.TB, now int64, puts map[blockstore.Key]blockstore.Value, hint int) []byte {
+	t.Helper()
+	b, err := encodePuts(now, puts, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzEncodePuts builds batches from the fuzzer's bytes (names of 0-1024
+// bytes, every key kind and value kind, valid or not, bodies large enough
+// to be compressed or not) and checks the encoder's promise: it refuses
+// exactly the batches holding a put checkPut refuses, and every batch it
+// accepts decodes to the same batch.
+func FuzzEncodePuts(f *testing.F) {
+	f.Add([]byte{3, 1, 2, 3, 0, 0, 0, 1, 0x20, 0})
+	f.Add([]byte{1, 1, 2, 0, 0xff, 0x00, 'a', 2, 0, 0})              // 255-byte name
+	f.Add([]byte{1, 1, 2, 0, 0x00, 0x01, 'a', 0, 0, 0})              // 256-byte name
+	f.Add([]byte{1, 1, 2, 0, 0x00, 0x04, 'a', 0, 0, 0})              // 1024-byte name
+	f.Add([]byte{2, 1, 2, 0, 0, 0, 0, 0, 0x40, 0x1f, 2, 1, 2, 0, 0}) // compressible page, two puts
+	f.Add([]byte{2, 1, 2, 5, 0, 0, 0, 1, 0x10, 0, 4, 1, 1, 1, 1, 1}) // bad kinds
+	f.Fuzz(func(t *testing.T, data []byte) {
+		puts := map[blockstore.Key]blockstore.Value{}
+		valid := true
+		next := func() byte {
+			if len(data) == 0 {
+				return 0
+			}
+			c := data[0]
+			data = data[1:]
+			return c
+		}
+		for len(data) > 0 && len(puts) < 64 {
+			k := blockstore.Key{Kind: blockstore.Kind(next() % 5), Branch: uint32(next()), Ino: uint64(next()) << 40}
+			k.Block = uint64(next())
+			nameLen := (int(next()) | int(next())<<8) % 1025
+			k.Name = string(bytes.Repeat([]byte{next()}, nameLen))
+			v := blockstore.Value{Kind: blockstore.ValueKind(next() % 4)}
+			dataLen := (int(next()) | int(next())<<8) % (3 * blockstore.BlockSize)
+			if dataLen > 0 {
+				v.Data = make([]byte, dataLen)
+				v.Data[0] = next() // the rest zeros: compresses
+			}
+			if _, dup := puts[k]; dup {
+				continue
+			}
+			puts[k] = v
+			if checkPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}) != nil {
+				valid = false
+			}
+		}
+		b, err := encodePuts(9, puts, 0)
+		if !valid {
+			if err == nil {
+				t.Fatal("encodePuts accepted a batch with an unrepresentable put")
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("encodePuts refused a valid batch: %v", err)
+		}
+		r, err := decodeRecord(b)
+		if err != nil {
+			t.Fatalf("an encoded batch does not decode (entry type %d): %v", b[1], err)
+		}
+		if r.Type != entryPuts || r.Time != 9 || len(r.Puts) != len(puts) {
+			t.Fatalf("decoded type %d time %d with %d puts, want %d", r.Type, r.Time, len(r.Puts), len(puts))
+		}
+		for _, p := range r.Puts {
+			want, ok := puts[p.Key]
+			if !ok || p.Value.Kind != want.Kind || !bytes.Equal(p.Value.Data, want.Data) {
 				t.Fatalf("put %v changed in a round trip", p.Key)
 			}
 		}

@@ -26,6 +26,33 @@ type fsm struct {
 	timeline *snapshot.Timeline
 	maxIno   uint64
 	applied  atomic.Uint64 // the last log entry applied, of any type
+	// halted is set by the first entry that cannot be applied; from then on
+	// nothing is (see Apply).
+	halted atomic.Pointer[HaltError]
+}
+
+// HaltError says which committed log entry could not be applied and why.
+// The volume stops there: applying later entries without it would build a
+// state no prefix of the log describes, and skipping it would lose writes.
+type HaltError struct {
+	LSN uint64
+	Err error
+}
+
+func (e *HaltError) Error() string {
+	return fmt.Sprintf("log entry %d cannot be applied (%v): the volume stopped there and applies nothing after it", e.LSN, e.Err)
+}
+
+func (e *HaltError) Unwrap() error { return e.Err }
+
+// halt records that entry lsn cannot be applied, once, and returns the
+// error every later Apply returns too.
+func (f *fsm) halt(lsn uint64, err error) *HaltError {
+	h := &HaltError{LSN: lsn, Err: err}
+	if f.halted.CompareAndSwap(nil, h) {
+		slog.Error("volume stopped: a committed log entry cannot be applied", "lsn", lsn, "err", err)
+	}
+	return f.halted.Load()
 }
 
 func newFSM(store *blockstore.Store) *fsm {
@@ -33,9 +60,23 @@ func newFSM(store *blockstore.Store) *fsm {
 		timeline: &snapshot.Timeline{}}
 }
 
-// Apply returns nil or an error; the proposer sees it as the response.
+// Apply returns the proposer's response: a value, nil, or an error.
+//
+// Two kinds of error differ. A refused op (a branch op or merge the current
+// tree or layers no longer allow) changes nothing and is an answer, the
+// same on every replay. An entry that cannot be applied at all (damaged,
+// or of a format this binary does not know) halts the FSM: it and every
+// later entry return the HaltError and change nothing, on every replay,
+// so the state stays an exact prefix of the log and no write is skipped.
 func (f *fsm) Apply(l *raft.Log) any {
-	defer f.applied.Store(l.Index)
+	if h := f.halted.Load(); h != nil {
+		return h
+	}
+	defer func() {
+		if f.halted.Load() == nil {
+			f.applied.Store(l.Index)
+		}
+	}()
 	if l.Type != raft.LogCommand {
 		return nil
 	}
@@ -44,8 +85,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	// Apply, and raft-wal's decoder allocates a fresh one for every read.
 	rec, err := decodeRecord(l.Data)
 	if err != nil {
-		slog.Error("apply log entry", "lsn", l.Index, "err", err)
-		return fmt.Errorf("apply entry %d: %w", l.Index, err)
+		return f.halt(l.Index, err)
 	}
 	f.mu.Lock()
 	f.timeline.Add(l.Index, rec.Time)
@@ -68,7 +108,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 		// the tree and timeline as of the layer's last LSN.
 		hdr, tree, err := f.header()
 		if err != nil {
-			return err
+			return f.halt(l.Index, err)
 		}
 		return frozen{lsn: l.Index, header: hdr, tree: tree}
 	case entryLayer:
@@ -259,8 +299,13 @@ func (f *fsm) header() (hdr, tree []byte, err error) {
 }
 
 // Snapshot runs on the FSM goroutine, with no Apply in flight: capture
-// here, write in Persist while applies continue.
+// here, write in Persist while applies continue. A halted FSM refuses: a
+// snapshot would let Raft truncate the entry it stopped at, and the next
+// open would start past it.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if h := f.halted.Load(); h != nil {
+		return nil, h
+	}
 	hdr, _, err := f.header()
 	if err != nil {
 		return nil, err

@@ -199,7 +199,11 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 	puts := map[blockstore.Key]blockstore.Value{
 		blockstore.InodeKey(snapshot.RootBranch, rootIno): {Data: encodeAttr(root)},
 	}
-	if _, _, err := v.log.Apply(encodePuts(t, puts, 128)); err != nil {
+	data, err := encodePuts(t, puts, 128)
+	if err == nil {
+		_, _, err = v.log.Apply(data)
+	}
+	if err != nil {
 		v.Close()
 		return fmt.Errorf("write root directory: %w", err)
 	}
@@ -322,6 +326,12 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if err != nil {
 		lock.Close()
 		return nil, err
+	}
+	if h := v.fsm.halted.Load(); h != nil && !opts.NoFlush {
+		// Inspection (status) may open a stopped volume; a writer may not.
+		v.log.Close()
+		lock.Close()
+		return nil, fmt.Errorf("volume %s: %w", dir, h)
 	}
 	v.nextIno.Store(v.fsm.inoHighWater())
 	v.checkDisk()
@@ -607,11 +617,13 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("freeze memtable: %w", err)
 	}
-	fr, _ := resp.(frozen)
+	fr, ok := resp.(frozen)
+	if !ok {
+		return fmt.Errorf("freeze memtable: %v", resp)
+	}
 	v.lastFrozen = &fr
 	backoff := 100 * time.Millisecond
 	var meta blockstore.LayerMeta
-	var ok bool
 	for {
 		start := time.Now()
 		meta, ok, err = v.store.WriteLayer(ctx, fr.lsn)
@@ -695,6 +707,9 @@ type Status struct {
 	Manifest   string `json:"manifest,omitempty"` // the last one this open published
 	// FencedBy is the generation of a newer writer of the object store.
 	FencedBy uint64 `json:"fenced_by,omitempty"`
+	// Stopped says why the volume accepts no writes: a committed log entry
+	// it cannot apply.
+	Stopped string `json:"stopped,omitempty"`
 }
 
 // Status reports the volume's state.
@@ -738,6 +753,9 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	}
 	if p := v.flushErr.Load(); p != nil {
 		st.LastFlushError = *p
+	}
+	if h := v.fsm.halted.Load(); h != nil {
+		st.Stopped = h.Error()
 	}
 	return st, nil
 }
