@@ -10,10 +10,11 @@ all: build
 build:
 	$(GO) build -o $(BIN) .
 
-# Everything, end-to-end tests included (they need root and /dev/fuse).
-# The S3 tests fail instead of skipping when versitygw is missing (make deps).
+# Everything, end-to-end tests included (they need root and /dev/fuse):
+# installs what is missing first, as the demo does. The S3 tests fail
+# instead of skipping when versitygw is missing.
 test: export NEONFS_REQUIRE_S3 = 1
-test:
+test: deps
 	$(GO) vet ./... && $(GO) test ./... -count=1 -timeout 30m
 
 # Unit tests only: the end-to-end tests skip themselves with -short.

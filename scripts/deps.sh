@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what neonfs's demo, tests and CI need, only if it is missing:
 # versitygw (with go install) and, with apt-get, fuse3, fio, stress-ng,
-# Postgres 15 (Debian 12's `postgresql`) and make. Runs `apt-get update`
+# Postgres 15 (Debian 12's `postgresql`), make, and autoconf and automake
+# (to build pjdfstest, the POSIX conformance suite the tests run). Runs `apt-get update`
 # only when something has to be installed.
 set -euo pipefail
 
@@ -40,6 +41,9 @@ check fuse3 fusermount3
 check fio fio
 check stress-ng stress-ng
 check make make
+check autoconf autoreconf
+check automake automake
+check gcc gcc
 # Postgres 15 from Debian 12, with pgbench and pg_amcheck (both are in
 # postgresql-15; `postgresql` depends on it).
 pgbin=/usr/lib/postgresql/15/bin
@@ -48,7 +52,7 @@ if ! { [ -x $pgbin/postgres ] && [ -x $pgbin/pgbench ] && [ -x $pgbin/pg_amcheck
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "deps: all present (fuse3 fio stress-ng make postgresql)"
+	echo "deps: all present (fuse3 fio stress-ng make autoconf automake gcc postgresql)"
 	exit 0
 fi
 

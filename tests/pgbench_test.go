@@ -15,6 +15,11 @@ func TestPostgresPgbench(t *testing.T) {
 	tg := newTarget(t)
 	pg := initPostgres(t, tg.Dir())
 	pg.Start(t)
+	// Postgres's own regression suite (misc_functions) lists "." and ".."
+	// of the data directory, as every Linux file system returns them.
+	if got := pg.Psql(t, "SELECT string_agg(d, ',' ORDER BY d) FROM pg_ls_dir('.', false, true) AS d WHERE d IN ('.', '..')"); got != ".,.." {
+		t.Errorf("pg_ls_dir('.', false, true) lists %q of . and .., want both", got)
+	}
 
 	pg.Pgbench(t, "-i", "-s", "10", "-q")
 	out := pg.Pgbench(t, "-c", "4", "-j", "2", "-T", "20")
