@@ -74,10 +74,15 @@ func TestPjdfstest(t *testing.T) {
 	close(work)
 	wg.Wait()
 
-	var asserts, passedFiles, skipped int
+	var asserts, todo, passedFiles, skipped int
+	slowest := 0
 	for i, r := range results {
 		name := relTest(suite, files[i])
 		asserts += r.passed
+		todo += r.todo
+		if r.took > results[slowest].took {
+			slowest = i
+		}
 		reason, listed := skips[name]
 		switch {
 		case r.ok() && listed:
@@ -96,8 +101,9 @@ func TestPjdfstest(t *testing.T) {
 			t.Errorf("testdata/pjdfstest.skip lists %s, which the suite does not have", name)
 		}
 	}
-	t.Logf("pjdfstest on %s: %d of %d files pass (%d listed as skipped), %d assertions pass, took %v",
-		targetKind(), passedFiles, len(files), skipped, asserts, time.Since(start).Round(time.Second))
+	t.Logf("pjdfstest on %s: %d of %d files pass (%d listed as skipped), %d assertions pass (and %d the suite marks TODO), took %v (slowest file %s: %v)",
+		targetKind(), passedFiles, len(files), skipped, asserts, todo, time.Since(start).Round(time.Second),
+		relTest(suite, files[slowest]), results[slowest].took.Round(time.Second))
 }
 
 // buildPjdfstest builds the suite once per source archive into a cache
@@ -195,6 +201,7 @@ func readSkips(path string) (map[string]string, error) {
 type tapResult struct {
 	planned, passed, failed, todo int
 	exit                          error
+	took                          time.Duration
 	failures                      string // the "not ok" lines and what the file printed otherwise
 }
 
@@ -228,7 +235,9 @@ func runTapFile(root, suite, file string) tapResult {
 	cmd.Dir = dir
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
 	r.exit = cmd.Run()
+	r.took = time.Since(start)
 	var other strings.Builder
 	for line := range strings.Lines(out.String()) {
 		switch {

@@ -212,6 +212,12 @@ func (f *fsm) createLocked(lsn uint64, t int64, op branchOp, parent uint32) (uin
 	if p == nil {
 		return 0, fmt.Errorf("parent branch %d does not exist", parent)
 	}
+	for _, r := range op.Remove {
+		// The memtable must hold only keys a layer can encode.
+		if err := blockstore.DirentKey(tree.NextID, r.Dir, r.Name).Check(); err != nil {
+			return 0, fmt.Errorf("branch %q: entry to remove: %w", op.Name, err)
+		}
+	}
 	at := op.At
 	if at == 0 {
 		at = lsn - 1
