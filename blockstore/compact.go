@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
 	"syscall"
 	"time"
 
-	"github.com/neonfs/neonfs/durable"
+	"github.com/neonfs/neonfs/objstore"
+
 	"golang.org/x/sys/unix"
+
+	"github.com/neonfs/neonfs/durable"
 )
 
 // Retain says which versions a merge of layers must keep. A version stays
@@ -142,33 +144,24 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 	name := fmt.Sprintf("layers/%020d-%020d-g%d-m%x.layer", minLSN, maxLSN, s.gen.Load(), time.Now().UnixNano())
 	counts := layerCounts{branchBytes: make(map[uint32]int64)}
 	lw := &layerWriter{compress: true, counts: &counts}
-	var file *os.File
-	if fs, ok := s.objects.(stagingStore); ok {
-		if file, err = fs.CreateTemp(ctx, name); err != nil {
-			return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
-		}
-		defer func() {
-			if file != nil {
-				discardTemp(file)
-			}
-		}()
-		// Allocated up front for the reason DirStore.Put gives; the
-		// output is no bigger than the inputs, and is cut to size below.
-		if err := unix.Fallocate(int(file.Fd()), 0, 0, st.InputBytes); errors.Is(err, syscall.ENOSPC) {
-			return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
-		}
-		lw.w = &durable.PacedWriter{F: file, Pace: true}
-		lw.buf = make([]byte, 0, 2*layerWriterFlush)
-	} else {
-		s.encMu.Lock()
-		defer s.encMu.Unlock()
-		// Sized for the inputs, which the output hardly exceeds, so
-		// it is not grown by copying a gigabyte at a time.
-		lw.buf = s.encBuf[:0]
-		if int64(cap(lw.buf)) < st.InputBytes {
-			lw.buf = make([]byte, 0, st.InputBytes)
-		}
+	// The merged layer streams to a local file, so memory stays flat
+	// however big the inputs.
+	file, err := s.objects.CreateTemp(ctx, name)
+	if err != nil {
+		return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
 	}
+	defer func() {
+		if file != nil {
+			objstore.DiscardTemp(file)
+		}
+	}()
+	// Allocated up front for the reason DirStore.Put gives; the output is
+	// no bigger than the inputs, and is cut to size below.
+	if err := unix.Fallocate(int(file.Fd()), 0, 0, st.InputBytes); errors.Is(err, syscall.ENOSPC) {
+		return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
+	}
+	lw.w = &durable.PacedWriter{F: file, Pace: true}
+	lw.buf = make([]byte, 0, 2*layerWriterFlush)
 
 	vs := make([]Version, 0, 64)
 	var at []*mergeCursor // the cursors at the smallest key
@@ -219,21 +212,16 @@ func (s *Store) MergeLayers(ctx context.Context, names []string, r *Retain) (Lay
 			}
 		}
 	}
-	data, err := lw.finish(minLSN, maxLSN)
-	if err != nil {
+	if _, err := lw.finish(minLSN, maxLSN); err != nil {
 		return LayerMeta{}, st, fmt.Errorf("merge into %s: %w", name, err)
 	}
 	size := lw.size()
-	if f := file; f != nil {
-		file = nil // from here on, closed or removed below
-		if err = f.Truncate(size); err != nil {
-			discardTemp(f)
-		} else {
-			err = s.objects.(stagingStore).PutFile(ctx, name, f)
-		}
+	f := file
+	file = nil // from here on, put or removed below
+	if err = f.Truncate(size); err != nil {
+		objstore.DiscardTemp(f)
 	} else {
-		s.keepBuf(data)
-		err = s.objects.Put(ctx, name, data)
+		err = s.objects.PutFile(ctx, name, f)
 	}
 	if err != nil {
 		return LayerMeta{}, st, fmt.Errorf("upload merged layer %s: %w", name, err)

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/neonfs/neonfs/objstore"
 )
 
 func TestRetainKeep(t *testing.T) {
@@ -161,8 +163,8 @@ func TestMergeLayers(t *testing.T) {
 	}
 }
 
-// TestMergeStreams merges layers through both output paths (a DirStore
-// takes the merged layer as a file, other stores get it through Put) and
+// TestMergeStreams merges layers into a DirStore and a MemStore (both
+// take the merged layer streamed through CreateTemp and PutFile) and
 // checks the result is byte for byte the layer encoding all versions at
 // once: the k-way merge interleaves versions correctly, and records copied
 // as stored equal encoded ones. One key's record is bigger than the merge's
@@ -213,13 +215,13 @@ func TestMergeStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "objects")
-	ds, err := NewDirStore(dir)
+	ds, err := objstore.NewDirStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
 		name    string
-		objects ObjectStore
+		objects objstore.ObjectStore
 	}{{"file", ds}, {"memory", newMemObjStore()}} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewStore(tc.objects, 1<<20)
@@ -258,7 +260,7 @@ func TestMergeStreams(t *testing.T) {
 	}
 	// The file path leaves no temporary files behind.
 	err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && strings.HasPrefix(d.Name(), dirStoreTempPrefix) {
+		if err == nil && strings.HasPrefix(d.Name(), ".tmp-") {
 			t.Errorf("temporary file left: %s", p)
 		}
 		return err

@@ -2,8 +2,9 @@
 // (inode attributes, directory entries, 8 KiB file blocks) has versions
 // named by the LSN (Raft index) that wrote them. Recent versions live in an
 // in-memory memtable; older ones in immutable, checksummed layer objects in
-// an object store. The package is pure storage: it never imports the file
-// system, the CLI or Raft.
+// an object store (reached through objstore.ObjectStore). It holds keys,
+// the memtable, layers and compaction; it never imports the file system,
+// the CLI, Raft or network code (S3 is objstore/s3, wired in by the volume).
 package blockstore
 
 import (

@@ -12,6 +12,8 @@ import (
 	"math"
 	"sort"
 
+	"github.com/neonfs/neonfs/objstore"
+
 	"github.com/VictoriaMetrics/fastcache"
 	"github.com/klauspost/compress/s2"
 )
@@ -394,7 +396,7 @@ func (r rawKey) key() Key {
 // records fetched with ranged reads (GetRange) and cached. It is immutable
 // and safe for concurrent use.
 type Layer struct {
-	store   ObjectStore
+	store   objstore.ObjectStore
 	cache   *fastcache.Cache
 	meta    LayerMeta
 	format  uint32
@@ -424,12 +426,12 @@ type layerIndexEntry struct {
 }
 
 func layerCorrupt(name, format string, args ...any) error {
-	return fmt.Errorf("layer %s: %w: %s", name, ErrCorrupt, fmt.Sprintf(format, args...))
+	return fmt.Errorf("layer %s: %w: %s", name, objstore.ErrCorrupt, fmt.Sprintf(format, args...))
 }
 
 // OpenLayer reads and verifies the footer and the index of the layer object
 // name.
-func OpenLayer(ctx context.Context, store ObjectStore, name string, cache *fastcache.Cache) (*Layer, error) {
+func OpenLayer(ctx context.Context, store objstore.ObjectStore, name string, cache *fastcache.Cache) (*Layer, error) {
 	size, err := store.Size(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", name, err)
@@ -636,18 +638,12 @@ func (l *Layer) storeCache(e *layerIndexEntry, rec []byte) {
 // fetch reads n bytes at off from the data section, into buf's capacity
 // when the store can (a merge reuses one buffer per input).
 func (l *Layer) fetch(ctx context.Context, off, n uint64, buf []byte) ([]byte, error) {
-	var b []byte
-	var err error
-	if rr, ok := l.store.(rangeReader); ok {
-		b, err = rr.ReadRange(ctx, l.meta.Name, int64(off), int64(n), buf)
-	} else {
-		b, err = l.store.GetRange(ctx, l.meta.Name, int64(off), int64(n))
-	}
+	b, err := l.store.ReadRange(ctx, l.meta.Name, int64(off), int64(n), buf)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: read records at %d: %w", l.meta.Name, off, err)
 	}
 	if uint64(len(b)) != n {
-		return nil, fmt.Errorf("layer %s: read records at %d: got %d of %d bytes: %w", l.meta.Name, off, len(b), n, ErrCorrupt)
+		return nil, fmt.Errorf("layer %s: read records at %d: got %d of %d bytes: %w", l.meta.Name, off, len(b), n, objstore.ErrCorrupt)
 	}
 	return b, nil
 }
@@ -657,7 +653,7 @@ func (l *Layer) fetch(ctx context.Context, off, n uint64, buf []byte) ([]byte, e
 // so appending to one cannot overwrite another.
 func (l *Layer) decodeRecord(e *layerIndexEntry, rec []byte) ([]Version, error) {
 	bad := func(why string, args ...any) error {
-		return fmt.Errorf("layer %s: record at %d: %w: %s", l.meta.Name, e.off, ErrCorrupt, fmt.Sprintf(why, args...))
+		return fmt.Errorf("layer %s: record at %d: %w: %s", l.meta.Name, e.off, objstore.ErrCorrupt, fmt.Sprintf(why, args...))
 	}
 	if len(rec) != int(e.n) || len(rec) < layerMinRecordLen {
 		return nil, bad("%d bytes, index says %d", len(rec), e.n)
@@ -748,9 +744,9 @@ func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
 
 // forgetCorrupt makes a caching store drop its copy of a corrupt object,
 // so a repaired object is read afresh instead of the bad bytes forever.
-func forgetCorrupt(store ObjectStore, name string, err error) {
-	if f, ok := store.(interface{ Forget(string) }); ok && errors.Is(err, ErrCorrupt) {
-		f.Forget(name)
+func forgetCorrupt(store objstore.ObjectStore, name string, err error) {
+	if errors.Is(err, objstore.ErrCorrupt) {
+		store.Forget(name)
 	}
 }
 
@@ -770,7 +766,7 @@ func (l *Layer) inflate(e *layerIndexEntry, v Version, fresh bool) (Version, err
 	case v.Value.Kind == valS2:
 		data, err := s2.Decode(nil, v.Value.Data)
 		if err != nil {
-			return Version{}, fmt.Errorf("layer %s: record at %d: %w: value at LSN %d: %v", l.meta.Name, e.off, ErrCorrupt, v.LSN, err)
+			return Version{}, fmt.Errorf("layer %s: record at %d: %w: value at LSN %d: %v", l.meta.Name, e.off, objstore.ErrCorrupt, v.LSN, err)
 		}
 		v.Value = Value{Kind: ValData, Data: data}
 	case fresh && v.Value.Data != nil:

@@ -3,86 +3,33 @@ package blockstore
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"math"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/neonfs/neonfs/objstore"
 )
 
-// memObjStore is an in-memory ObjectStore for layer tests. It returns
-// copies, as the ObjectStore contract requires, and counts ranged reads.
+// memObjStore is objstore.MemStore counting ranged reads, for tests of
+// how many reads a scan costs.
 type memObjStore struct {
+	*objstore.MemStore
 	mu       sync.Mutex
-	objs     map[string][]byte
 	getRange int
 }
 
-func newMemObjStore() *memObjStore { return &memObjStore{objs: map[string][]byte{}} }
+func newMemObjStore() *memObjStore { return &memObjStore{MemStore: objstore.NewMemStore()} }
 
-func (m *memObjStore) Put(ctx context.Context, name string, data []byte) error {
+func (m *memObjStore) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.objs[name] = bytes.Clone(data)
-	return nil
-}
-
-func (m *memObjStore) Get(ctx context.Context, name string) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	b, ok := m.objs[name]
-	if !ok {
-		return nil, fmt.Errorf("get %s: %w", name, ErrNotFound)
-	}
-	return bytes.Clone(b), nil
+	m.getRange++
+	m.mu.Unlock()
+	return m.MemStore.ReadRange(ctx, name, off, n, buf)
 }
 
 func (m *memObjStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.getRange++
-	b, ok := m.objs[name]
-	if !ok {
-		return nil, fmt.Errorf("get %s: %w", name, ErrNotFound)
-	}
-	if off < 0 || n < 0 || off > int64(len(b)) || n > int64(len(b))-off {
-		return nil, fmt.Errorf("get %s [%d, +%d): %w", name, off, n, ErrCorrupt)
-	}
-	return bytes.Clone(b[off : off+n]), nil
-}
-
-func (m *memObjStore) Size(ctx context.Context, name string) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	b, ok := m.objs[name]
-	if !ok {
-		return 0, fmt.Errorf("stat %s: %w", name, ErrNotFound)
-	}
-	return int64(len(b)), nil
-}
-
-func (m *memObjStore) Delete(ctx context.Context, name string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.objs[name]; !ok {
-		return fmt.Errorf("delete %s: %w", name, ErrNotFound)
-	}
-	delete(m.objs, name)
-	return nil
-}
-
-func (m *memObjStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []ObjectInfo
-	for name, b := range m.objs {
-		if strings.HasPrefix(name, prefix) {
-			out = append(out, ObjectInfo{Name: name, Size: int64(len(b))})
-		}
-	}
-	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
+	return m.ReadRange(ctx, name, off, n, nil)
 }
 
 // layerMaxKey sorts after every valid key.

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/neonfs/neonfs/objstore"
+
 	"github.com/VictoriaMetrics/fastcache"
 	"github.com/klauspost/compress/s2"
 )
@@ -110,7 +112,7 @@ func testLayerEntries() []Entry {
 	return es
 }
 
-func putLayer(t testing.TB, st ObjectStore, name string, entries []Entry, minLSN, maxLSN uint64) []byte {
+func putLayer(t testing.TB, st objstore.ObjectStore, name string, entries []Entry, minLSN, maxLSN uint64) []byte {
 	t.Helper()
 	b, err := EncodeLayer(entries, minLSN, maxLSN)
 	if err != nil {
@@ -172,17 +174,17 @@ func TestLayerRoundTrip(t *testing.T) {
 	want := testLayerEntries()
 	stores := []struct {
 		name string
-		st   ObjectStore
+		st   objstore.ObjectStore
 	}{
 		{"mem", newMemObjStore()},
 	}
-	ds, err := NewDirStore(filepath.Join(t.TempDir(), "objs"))
+	ds, err := objstore.NewDirStore(filepath.Join(t.TempDir(), "objs"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	stores = append(stores, struct {
 		name string
-		st   ObjectStore
+		st   objstore.ObjectStore
 	}{"dir", ds})
 	for _, s := range stores {
 		for _, cache := range []*fastcache.Cache{nil, fastcache.New(32 << 20)} {
@@ -511,22 +513,22 @@ func TestEncodeLayerErrors(t *testing.T) {
 
 func TestLayerNotFound(t *testing.T) {
 	_, err := OpenLayer(context.Background(), newMemObjStore(), "missing", nil)
-	if !errors.Is(err, ErrNotFound) {
-		t.Fatalf("err = %v, want ErrNotFound", err)
+	if !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("err = %v, want objstore.ErrNotFound", err)
 	}
-	ds, err := NewDirStore(t.TempDir())
+	ds, err := objstore.NewDirStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenLayer(context.Background(), ds, "layers/missing", nil); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("err = %v, want ErrNotFound", err)
+	if _, err := OpenLayer(context.Background(), ds, "layers/missing", nil); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("err = %v, want objstore.ErrNotFound", err)
 	}
 }
 
 // readAllLayer opens name and reads everything through Scan and Get,
 // checking that whatever it returns before an error is correct. It returns
 // the first error.
-func readAllLayer(t *testing.T, st ObjectStore, name string, want []Entry, cache *fastcache.Cache) error {
+func readAllLayer(t *testing.T, st objstore.ObjectStore, name string, want []Entry, cache *fastcache.Cache) error {
 	t.Helper()
 	ctx := context.Background()
 	l, err := OpenLayer(ctx, st, name, cache)
@@ -585,8 +587,8 @@ func TestLayerCorruptByte(t *testing.T) {
 				c := bytes.Clone(b)
 				c[pos] ^= mask
 				err := readAllLayer(t, stStore(st, "l", c), "l", es, nil)
-				if !errors.Is(err, ErrCorrupt) {
-					t.Fatalf("byte %d of %d xor %#x: err = %v, want ErrCorrupt", pos, len(b), mask, err)
+				if !errors.Is(err, objstore.ErrCorrupt) {
+					t.Fatalf("byte %d of %d xor %#x: err = %v, want objstore.ErrCorrupt", pos, len(b), mask, err)
 				}
 			}
 		})
@@ -616,8 +618,8 @@ func TestLayerCorruptRecordError(t *testing.T) {
 	c[e.off+20] ^= 1
 	st.Put(ctx, "layers/x", c)
 	_, _, err = l0.Get(ctx, InodeKey(0, 3), 1000)
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("err = %v, want ErrCorrupt", err)
+	if !errors.Is(err, objstore.ErrCorrupt) {
+		t.Fatalf("err = %v, want objstore.ErrCorrupt", err)
 	}
 	if want := fmt.Sprintf("layer layers/x: record at %d", e.off); !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not contain %q", err, want)
@@ -641,7 +643,7 @@ func TestLayerCacheIsolation(t *testing.T) {
 	putLayer(t, stB, "l", mk("bbbb"), 0, 10)
 	putLayer(t, stA, "m", mk("aaaa"), 0, 10)
 	for _, c := range []struct {
-		st   ObjectStore
+		st   objstore.ObjectStore
 		name string
 		want string
 	}{{stA, "l", "aaaa"}, {stB, "l", "bbbb"}, {stA, "m", "aaaa"}, {stA, "l", "aaaa"}, {stB, "l", "bbbb"}} {
@@ -672,16 +674,16 @@ func TestLayerTruncated(t *testing.T) {
 					c = b[len(b)-n:]
 				}
 				err := readAllLayer(t, stStore(st, "l", c), "l", es, nil)
-				if !errors.Is(err, ErrCorrupt) {
-					t.Fatalf("err = %v, want ErrCorrupt", err)
+				if !errors.Is(err, objstore.ErrCorrupt) {
+					t.Fatalf("err = %v, want objstore.ErrCorrupt", err)
 				}
 			})
 		}
 	}
 	// Extra bytes in front shift everything: also corrupt.
 	err = readAllLayer(t, stStore(st, "l", append([]byte{0}, b...)), "l", es, nil)
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("prefixed: err = %v, want ErrCorrupt", err)
+	if !errors.Is(err, objstore.ErrCorrupt) {
+		t.Fatalf("prefixed: err = %v, want objstore.ErrCorrupt", err)
 	}
 }
 
@@ -791,8 +793,8 @@ func TestLayerStructuralChecks(t *testing.T) {
 				t.Fatal("mutation changed nothing")
 			}
 			err := readAllLayer(t, stStore(st, "l", c), "l", es, nil)
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("err = %v, want ErrCorrupt", err)
+			if !errors.Is(err, objstore.ErrCorrupt) {
+				t.Fatalf("err = %v, want objstore.ErrCorrupt", err)
 			}
 			t.Log(err)
 		})
@@ -865,12 +867,12 @@ func TestLayerCompressedValues(t *testing.T) {
 	}
 	binary.BigEndian.PutUint32(b[len(b)-layerFooterLen+8:], 1)
 	fixLayerCRCs(b)
-	if _, _, err := readLayerGet(ctx, stStore(st, "p", b), "p", one[0].Key); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("compressed value in a format 1 layer: err = %v, want ErrCorrupt", err)
+	if _, _, err := readLayerGet(ctx, stStore(st, "p", b), "p", one[0].Key); !errors.Is(err, objstore.ErrCorrupt) {
+		t.Fatalf("compressed value in a format 1 layer: err = %v, want objstore.ErrCorrupt", err)
 	}
 }
 
-func readLayerGet(ctx context.Context, st ObjectStore, name string, k Key) (Version, bool, error) {
+func readLayerGet(ctx context.Context, st objstore.ObjectStore, name string, k Key) (Version, bool, error) {
 	l, err := OpenLayer(ctx, st, name, nil)
 	if err != nil {
 		return Version{}, false, err

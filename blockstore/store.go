@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/neonfs/neonfs/objstore"
+
 	"github.com/VictoriaMetrics/fastcache"
 )
 
@@ -33,7 +35,7 @@ type ReadPoint struct {
 // walks segments newest-first and then layers newest-first meets versions
 // in descending LSN order and can stop at the first hit.
 type Store struct {
-	objects ObjectStore
+	objects objstore.ObjectStore
 	cache   *fastcache.Cache
 	gen     atomic.Uint64 // writer generation, part of every new layer's name
 
@@ -62,7 +64,7 @@ type layerRef struct {
 
 // NewStore returns an empty store over objects with a block cache of
 // cacheBytes.
-func NewStore(objects ObjectStore, cacheBytes int) *Store {
+func NewStore(objects objstore.ObjectStore, cacheBytes int) *Store {
 	return &Store{
 		objects: objects,
 		cache:   fastcache.New(cacheBytes),
@@ -72,7 +74,7 @@ func NewStore(objects ObjectStore, cacheBytes int) *Store {
 }
 
 // Objects is the object store layers live in.
-func (s *Store) Objects() ObjectStore { return s.objects }
+func (s *Store) Objects() objstore.ObjectStore { return s.objects }
 
 // Apply records the puts of the log entry at lsn. A later put of the same
 // key in one call wins. Values are retained, not copied.
@@ -572,7 +574,7 @@ func (s *Store) ReadSnapshot(r io.Reader) error {
 	}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(tr, magic); err != nil || string(magic) != snapshotMagic {
-		return fail("header", ErrCorrupt)
+		return fail("header", objstore.ErrCorrupt)
 	}
 	applied, err := binary.ReadUvarint(tr)
 	if err != nil {
@@ -656,7 +658,7 @@ func (s *Store) ReadSnapshot(r io.Reader) error {
 	sum := crc.Sum32()
 	var tail [4]byte
 	if _, err := io.ReadFull(br, tail[:]); err != nil || binary.BigEndian.Uint32(tail[:]) != sum {
-		return fail("checksum", ErrCorrupt)
+		return fail("checksum", objstore.ErrCorrupt)
 	}
 	segs = append(segs, newSegment(applied))
 	s.mu.Lock()
@@ -690,7 +692,7 @@ func readBytes(r *teeByteReader, limit uint64) ([]byte, error) {
 		return nil, err
 	}
 	if n > limit {
-		return nil, fmt.Errorf("length %d over %d: %w", n, limit, ErrCorrupt)
+		return nil, fmt.Errorf("length %d over %d: %w", n, limit, objstore.ErrCorrupt)
 	}
 	b := make([]byte, n)
 	_, err = io.ReadFull(r, b)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/neonfs/neonfs/objstore"
 )
 
 func page(b byte) []byte { return bytes.Repeat([]byte{b}, BlockSize) }
@@ -15,7 +17,7 @@ func put(k Key, v Value) Entry { return Entry{Key: k, Version: Version{Value: v}
 
 func newTestStore(t *testing.T) *Store {
 	t.Helper()
-	ds, err := NewDirStore(filepath.Join(t.TempDir(), "objects"))
+	ds, err := objstore.NewDirStore(filepath.Join(t.TempDir(), "objects"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +202,7 @@ func TestStoreCorruptLayer(t *testing.T) {
 	s.Apply(1, []Entry{put(k, BlockValue(page(7)))})
 	flushAll(t, s, 2)
 	meta := s.Layers()[0]
-	path := filepath.Join(s.Objects().(*DirStore).Dir(), meta.Name)
+	path := filepath.Join(s.Objects().(*objstore.DirStore).Dir(), meta.Name)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -212,16 +214,16 @@ func TestStoreCorruptLayer(t *testing.T) {
 	fresh := NewStore(s.Objects(), 1<<20) // empty cache
 	fresh.AddLayer(meta)
 	_, _, err = fresh.Get(context.Background(), k, []ReadPoint{{Branch: 1, MaxLSN: 10}})
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("read of corrupted layer: err=%v, want ErrCorrupt", err)
+	if !errors.Is(err, objstore.ErrCorrupt) {
+		t.Fatalf("read of corrupted layer: err=%v, want objstore.ErrCorrupt", err)
 	}
 
 	os.Remove(path)
-	ds, _ := NewDirStore(s.Objects().(*DirStore).Dir()) // no cached handle
+	ds, _ := objstore.NewDirStore(s.Objects().(*objstore.DirStore).Dir()) // no cached handle
 	missing := NewStore(ds, 1<<20)
 	missing.AddLayer(meta)
 	_, _, err = missing.Get(context.Background(), k, []ReadPoint{{Branch: 1, MaxLSN: 10}})
-	if !errors.Is(err, ErrNotFound) {
-		t.Fatalf("read of missing layer: err=%v, want ErrNotFound", err)
+	if !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("read of missing layer: err=%v, want objstore.ErrNotFound", err)
 	}
 }

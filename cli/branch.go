@@ -8,8 +8,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/neonfs/neonfs/volume"
 	ucli "github.com/urfave/cli/v2"
+
+	"github.com/neonfs/neonfs/volume"
 )
 
 var jsonFlag = &ucli.BoolFlag{Name: "json", Usage: "print JSON"}

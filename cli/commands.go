@@ -14,9 +14,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/volume"
 	ucli "github.com/urfave/cli/v2"
+
+	"github.com/neonfs/neonfs/objstore/s3"
+	"github.com/neonfs/neonfs/volume"
 )
 
 func initCommand() *ucli.Command {
@@ -63,7 +64,7 @@ func s3Flags() []ucli.Flag {
 
 // s3Config builds the S3 settings for url (s3://bucket/prefix) from the
 // s3-* flags; with url empty it returns nil and refuses stray s3-* flags.
-func s3Config(c *ucli.Context, url, flag string) (*blockstore.S3Config, error) {
+func s3Config(c *ucli.Context, url, flag string) (*s3.Config, error) {
 	if url == "" {
 		for _, f := range []string{"s3-endpoint", "s3-region", "s3-credentials"} {
 			if c.IsSet(f) {
@@ -72,7 +73,7 @@ func s3Config(c *ucli.Context, url, flag string) (*blockstore.S3Config, error) {
 		}
 		return nil, nil
 	}
-	bucket, prefix, err := blockstore.ParseS3URL(url)
+	bucket, prefix, err := s3.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +86,7 @@ func s3Config(c *ucli.Context, url, flag string) (*blockstore.S3Config, error) {
 			return nil, err
 		}
 	}
-	return &blockstore.S3Config{Endpoint: c.String("s3-endpoint"), Bucket: bucket, Prefix: prefix,
+	return &s3.Config{Endpoint: c.String("s3-endpoint"), Bucket: bucket, Prefix: prefix,
 		Region: c.String("s3-region"), Secure: c.Bool("s3-tls"), CredentialsFile: cred}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/neonfs/neonfs/fusefs"
 	"github.com/neonfs/neonfs/volume"
 )

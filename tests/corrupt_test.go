@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/blockstore/s3test"
+	"github.com/neonfs/neonfs/objstore/s3/s3test"
 )
 
 // corruptStride divides the block size, so no marker line straddles two

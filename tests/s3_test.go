@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/neonfs/neonfs/blockstore/s3test"
+	"github.com/neonfs/neonfs/objstore/s3/s3test"
 )
 
 // neonfsStatus runs neonfs status --json on the target's volume.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/klauspost/compress/s2"
+
 	"github.com/neonfs/neonfs/blockstore"
 )
 

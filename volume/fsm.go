@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/snapshot"
 )

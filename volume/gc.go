@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
 )
 
 // Compaction and garbage collection. After each flush the flusher merges
@@ -276,7 +277,7 @@ func (v *Volume) deleteRetired(ctx context.Context) (int, int64, error) {
 	for i, r := range due {
 		for _, name := range r.names {
 			size, _ := v.store.Objects().Size(ctx, name)
-			if err := v.store.Objects().Delete(ctx, name); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+			if err := v.store.Objects().Delete(ctx, name); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 				v.retired = append(v.retired, due[i:]...)
 				return n, bytes, fmt.Errorf("delete replaced layer %s: %w", name, err)
 			}
@@ -314,7 +315,7 @@ func (v *Volume) deleteOrphans(ctx context.Context, progress func(string, ...any
 		if live[o.Name] || !strings.HasSuffix(o.Name, ".layer") {
 			continue
 		}
-		if err := v.store.Objects().Delete(ctx, o.Name); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+		if err := v.store.Objects().Delete(ctx, o.Name); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 			return n, bytes, fmt.Errorf("delete orphaned object %s: %w", o.Name, err)
 		}
 		n++
@@ -323,18 +324,14 @@ func (v *Volume) deleteOrphans(ctx context.Context, progress func(string, ...any
 	if n > 0 {
 		progress("deleted %d orphaned layer objects (%s)", n, HumanBytes(bytes))
 	}
-	if ts, ok := v.store.Objects().(interface {
-		RemoveStaleTemps(time.Duration) (int, int64, error)
-	}); ok {
-		tn, tb, err := ts.RemoveStaleTemps(staleTempAge)
-		if err != nil {
-			return n, bytes, err
-		}
-		if tn > 0 {
-			progress("deleted %d temporary files of interrupted uploads (%s)", tn, HumanBytes(tb))
-		}
-		n, bytes = n+tn, bytes+tb
+	tn, tb, err := v.store.Objects().RemoveStaleTemps(staleTempAge)
+	if err != nil {
+		return n, bytes, err
 	}
+	if tn > 0 {
+		progress("deleted %d temporary files of interrupted uploads (%s)", tn, HumanBytes(tb))
+	}
+	n, bytes = n+tn, bytes+tb
 	return n, bytes, nil
 }
 

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/durable"
+	"github.com/neonfs/neonfs/objstore"
 )
 
 // A remote manifest publishes in the object store everything needed to
@@ -85,7 +85,7 @@ func encodeManifest(m Manifest) []byte {
 func decodeManifest(name string, b []byte) (Manifest, error) {
 	var m Manifest
 	bad := func(what string) error {
-		return fmt.Errorf("manifest %s: %s: %w", name, what, blockstore.ErrCorrupt)
+		return fmt.Errorf("manifest %s: %s: %w", name, what, objstore.ErrCorrupt)
 	}
 	if len(b) < len(manifestMagic)+4 || string(b[:len(manifestMagic)]) != manifestMagic {
 		return m, bad("not a manifest")
@@ -114,7 +114,7 @@ func decodeManifest(name string, b []byte) (Manifest, error) {
 // scanManifests lists the store's manifests and claims: the highest
 // generation seen and the newest manifest of the highest generation that
 // has one.
-func scanManifests(ctx context.Context, objs blockstore.ObjectStore) (highGen uint64, latest string, err error) {
+func scanManifests(ctx context.Context, objs objstore.ObjectStore) (highGen uint64, latest string, err error) {
 	infos, err := objs.List(ctx, manifestDir)
 	if err != nil {
 		return 0, "", fmt.Errorf("list manifests: %w", err)
@@ -139,7 +139,7 @@ const generationFile = "generation"
 // here and every one in the object store, recorded locally before use and
 // announced with a claim object. An unreachable store does not stop the
 // open: the claim is retried by the first publish.
-func claimGeneration(ctx context.Context, dir string, objs blockstore.ObjectStore) (uint64, error) {
+func claimGeneration(ctx context.Context, dir string, objs objstore.ObjectStore) (uint64, error) {
 	path := filepath.Join(dir, generationFile)
 	var local uint64
 	if b, err := os.ReadFile(path); err == nil {
@@ -223,7 +223,7 @@ func (v *Volume) publish(ctx context.Context, fr frozen, seq uint64) error {
 	for _, o := range infos {
 		gen, _, isManifest, ok := parseManifestObject(o.Name)
 		if ok && o.Name != name && (isManifest && gen <= v.gen || !isManifest && gen < v.gen) {
-			if err := v.store.Objects().Delete(ctx, o.Name); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+			if err := v.store.Objects().Delete(ctx, o.Name); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 				slog.Warn("delete superseded manifest", "manifest", o.Name, "err", err)
 			}
 		}

@@ -11,13 +11,15 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/raftwal"
 	"github.com/neonfs/neonfs/snapshot"
 )
 
 // RestoreOptions name the object store to rebuild a volume from.
 type RestoreOptions struct {
-	S3      *blockstore.S3Config
+	S3      *s3.Config
 	Objects string // a local object directory, when S3 is nil
 	// Progress, when set, is told what restore is doing.
 	Progress func(format string, args ...any)
@@ -47,12 +49,12 @@ func Restore(ctx context.Context, dir string, o RestoreOptions) (RestoreResult, 
 		return res, err
 	}
 	cfg := Config{Format: 1, Created: time.Now().UTC(), S3: o.S3}
-	var objs blockstore.ObjectStore
+	var objs objstore.ObjectStore
 	var err error
 	where := o.Objects
 	if o.S3 != nil {
 		where = o.S3.String()
-		objs, err = blockstore.NewS3Store(ctx, *o.S3)
+		objs, err = s3.New(ctx, *o.S3)
 	} else {
 		if cfg.Objects, err = filepath.Abs(o.Objects); err != nil {
 			return res, err
@@ -60,7 +62,7 @@ func Restore(ctx context.Context, dir string, o RestoreOptions) (RestoreResult, 
 		if _, err := os.Stat(cfg.Objects); err != nil {
 			return res, fmt.Errorf("object directory: %w", err)
 		}
-		objs, err = blockstore.NewDirStore(cfg.Objects)
+		objs, err = objstore.NewDirStore(cfg.Objects)
 	}
 	if err != nil {
 		return res, err
@@ -102,7 +104,7 @@ func Restore(ctx context.Context, dir string, o RestoreOptions) (RestoreResult, 
 			return res, fmt.Errorf("manifest %s names layer %s, which %s does not hold", latest, l.Name, where)
 		}
 		if size != l.Size {
-			return res, fmt.Errorf("layer %s is %d bytes in %s, manifest %s says %d: %w", l.Name, size, where, latest, l.Size, blockstore.ErrCorrupt)
+			return res, fmt.Errorf("layer %s is %d bytes in %s, manifest %s says %d: %w", l.Name, size, where, latest, l.Size, objstore.ErrCorrupt)
 		}
 		res.Bytes += l.Size
 	}

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/raftwal"
 	"github.com/neonfs/neonfs/snapshot"
 )
@@ -36,7 +38,7 @@ type Config struct {
 	Retention string `json:"retention,omitempty"`
 	// S3 puts the objects in a bucket instead of the Objects directory.
 	// It names a credentials file, never the credentials.
-	S3 *blockstore.S3Config `json:"s3,omitempty"`
+	S3 *s3.Config `json:"s3,omitempty"`
 }
 
 // DefaultRetention is the history window when the config names none.
@@ -114,6 +116,7 @@ type Volume struct {
 	opts   Options
 	lock   *os.File
 	store  *blockstore.Store
+	cache  *objstore.CachedStore // in front of a remote store; nil for a local one
 	fsm    *fsm
 	log    *raftwal.Node
 	commit *Committer
@@ -149,8 +152,8 @@ type Volume struct {
 
 // InitOptions choose where a new volume keeps its objects.
 type InitOptions struct {
-	S3        *blockstore.S3Config // nil: a local directory
-	Retention time.Duration        // 0: DefaultRetention
+	S3        *s3.Config    // nil: a local directory
+	Retention time.Duration // 0: DefaultRetention
 }
 
 // Init creates an empty volume in dir, which must be missing or empty,
@@ -164,7 +167,7 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 	}
 	if o.S3 != nil {
 		// Fail before creating anything when the bucket is unreachable.
-		store, err := blockstore.NewS3Store(ctx, *o.S3)
+		store, err := s3.New(ctx, *o.S3)
 		if err != nil {
 			return err
 		}
@@ -306,12 +309,12 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	objects, err := openObjects(ctx, dir, cfg, opts)
+	objects, cache, err := openObjects(ctx, dir, cfg, opts)
 	if err != nil {
 		lock.Close()
 		return nil, err
 	}
-	v := &Volume{dir: dir, opts: opts, lock: lock, retention: cfg.retention(),
+	v := &Volume{dir: dir, opts: opts, lock: lock, retention: cfg.retention(), cache: cache,
 		flushKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	v.store = blockstore.NewStore(objects, opts.CacheBytes)
 	if !opts.NoFlush {
@@ -345,21 +348,29 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	return v, nil
 }
 
-func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (blockstore.ObjectStore, error) {
+// openObjects opens the volume's object store, and the layer-chunk cache
+// in front of it when it is remote (nil otherwise).
+func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (objstore.ObjectStore, *objstore.CachedStore, error) {
 	if cfg.S3 != nil {
-		s3, err := blockstore.NewS3Store(ctx, *cfg.S3)
+		s3cfg := *cfg.S3
+		// Merged layers stream through a local file on the data dir's
+		// disk, which the ENOSPC reserve covers.
+		s3cfg.StagingDir = filepath.Join(dir, "staging")
+		remote, err := s3.New(ctx, s3cfg)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// Layers are immutable, so a local copy of their chunks never goes
 		// stale; it also serves hot data while the bucket is unreachable.
-		return blockstore.NewCachedStore(s3, filepath.Join(dir, "cache"), opts.LayerCacheBytes)
+		c, err := objstore.NewCachedStore(remote, filepath.Join(dir, "cache"), opts.LayerCacheBytes)
+		return c, c, err
 	}
 	objDir := cfg.Objects
 	if !filepath.IsAbs(objDir) {
 		objDir = filepath.Join(dir, objDir)
 	}
-	return blockstore.NewDirStore(objDir)
+	ds, err := objstore.NewDirStore(objDir)
+	return ds, nil, err
 }
 
 func (v *Volume) propose(data []byte) error {
@@ -699,8 +710,8 @@ type Status struct {
 	Commits        CommitStats        `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 	// ObjectStoreError says why the object store could not be listed.
-	ObjectStoreError string                 `json:"object_store_error,omitempty"`
-	LayerCache       *blockstore.CacheStats `json:"layer_cache,omitempty"`
+	ObjectStoreError string               `json:"object_store_error,omitempty"`
+	LayerCache       *objstore.CacheStats `json:"layer_cache,omitempty"`
 	// ReadDepth is the most layers one read consults, over all branches.
 	ReadDepth  int    `json:"read_depth"`
 	Generation uint64 `json:"generation,omitempty"`
@@ -743,8 +754,8 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	}
 	st.LogBytes = raftwal.LogBytes(filepath.Join(v.dir, "raft"))
 	st.ReadDepth = v.readDepth()
-	if c, ok := v.store.Objects().(*blockstore.CachedStore); ok {
-		cs := c.Stats()
+	if v.cache != nil {
+		cs := v.cache.Stats()
 		st.LayerCache = &cs
 	}
 	st.Generation, st.FencedBy = v.gen, v.fencedBy.Load()

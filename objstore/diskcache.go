@@ -1,4 +1,4 @@
-package blockstore
+package objstore
 
 import (
 	"container/list"
@@ -218,6 +218,10 @@ func (c *CachedStore) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 func (c *CachedStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	return c.ReadRange(ctx, name, off, n, nil)
+}
+
+func (c *CachedStore) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
 	if off < 0 || n < 0 {
 		return nil, fmt.Errorf("get object %s: invalid range offset %d length %d", name, off, n)
 	}
@@ -228,7 +232,11 @@ func (c *CachedStore) GetRange(ctx context.Context, name string, off, n int64) (
 	if off > size || n > size-off {
 		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
 	}
-	out := make([]byte, n)
+	out := buf[:0]
+	if int64(cap(out)) < n {
+		out = make([]byte, n)
+	}
+	out = out[:n]
 	if n > 0 {
 		if err := c.read(ctx, name, size, off, out); err != nil {
 			return nil, err
@@ -237,9 +245,26 @@ func (c *CachedStore) GetRange(ctx context.Context, name string, off, n int64) (
 	return out, nil
 }
 
+// CreateTemp stages a streamed object where the remote does.
+func (c *CachedStore) CreateTemp(ctx context.Context, name string) (*os.File, error) {
+	return c.remote.CreateTemp(ctx, name)
+}
+
+// PutFile uploads a streamed object. Its content is not cached: streamed
+// objects are merged layers, as big as the cache, and no hotter than
+// their inputs were.
+func (c *CachedStore) PutFile(ctx context.Context, name string, f *os.File) error {
+	return c.remote.PutFile(ctx, name, f)
+}
+
+// RemoveStaleTemps removes the remote's stale staging files.
+func (c *CachedStore) RemoveStaleTemps(age time.Duration) (int, int64, error) {
+	return c.remote.RemoveStaleTemps(age)
+}
+
 // Size answers from the cache when it can: sizes never change.
 func (c *CachedStore) Size(ctx context.Context, name string) (int64, error) {
-	if !validObjectName(name) {
+	if !ValidName(name) {
 		return 0, fmt.Errorf("stat object %q: invalid object name", name)
 	}
 	if err := ctx.Err(); err != nil {
@@ -437,7 +462,7 @@ func readCacheChunk(path string, idx, lo, hi int64, dst []byte) (int64, error) {
 	switch {
 	case string(hdr[:8]) != cacheMagic:
 		return 0, fmt.Errorf("%w: bad magic %q", ErrCorrupt, hdr[:8])
-	case crc32.Checksum(hdr[:cacheHeaderLen-4], layerCRCTable) != binary.BigEndian.Uint32(hdr[cacheHeaderLen-4:]):
+	case crc32.Checksum(hdr[:cacheHeaderLen-4], crcTable) != binary.BigEndian.Uint32(hdr[cacheHeaderLen-4:]):
 		return 0, fmt.Errorf("%w: header checksum mismatch", ErrCorrupt)
 	case size <= 0 || idx > (size-1)/CacheChunkSize || hi > cacheChunkLen(size, idx):
 		return 0, fmt.Errorf("%w: no bytes [%d, %d) in chunk %d of an object of %d bytes", ErrCorrupt, lo, hi, idx, size)
@@ -453,7 +478,7 @@ func readCacheChunk(path string, idx, lo, hi int64, dst []byte) (int64, error) {
 	}
 	for b := int64(0); b < be-bs; b += cacheBlockSize {
 		want := binary.BigEndian.Uint32(hdr[16+4*((bs+b)/cacheBlockSize):])
-		if crc32.Checksum(buf[b:min(b+cacheBlockSize, be-bs)], layerCRCTable) != want {
+		if crc32.Checksum(buf[b:min(b+cacheBlockSize, be-bs)], crcTable) != want {
 			return 0, fmt.Errorf("%w: block at %d: checksum mismatch", ErrCorrupt, bs+b)
 		}
 	}
@@ -508,10 +533,10 @@ func (c *CachedStore) store(key cacheKey, size int64, payload []byte) error {
 	copy(hdr, cacheMagic)
 	binary.BigEndian.PutUint64(hdr[8:], uint64(size))
 	for b := 0; b < len(payload); b += cacheBlockSize {
-		crc := crc32.Checksum(payload[b:min(b+cacheBlockSize, len(payload))], layerCRCTable)
+		crc := crc32.Checksum(payload[b:min(b+cacheBlockSize, len(payload))], crcTable)
 		binary.BigEndian.PutUint32(hdr[16+4*(b/cacheBlockSize):], crc)
 	}
-	binary.BigEndian.PutUint32(hdr[cacheHeaderLen-4:], crc32.Checksum(hdr[:cacheHeaderLen-4], layerCRCTable))
+	binary.BigEndian.PutUint32(hdr[cacheHeaderLen-4:], crc32.Checksum(hdr[:cacheHeaderLen-4], crcTable))
 	n := int64(len(hdr) + len(payload))
 	if n > c.limit {
 		return nil
@@ -611,3 +636,6 @@ func cacheObjectID(name string) cacheObjID {
 func cacheChunkLen(size, idx int64) int64 {
 	return min(CacheChunkSize, size-idx*CacheChunkSize)
 }
+
+// crcTable is CRC-32C, as the layers use.
+var crcTable = crc32.MakeTable(crc32.Castagnoli)

@@ -1,4 +1,4 @@
-package blockstore
+package objstore
 
 import (
 	"context"
@@ -14,8 +14,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/neonfs/neonfs/durable"
 	"golang.org/x/sys/unix"
+
+	"github.com/neonfs/neonfs/durable"
 )
 
 // DirStore is an ObjectStore in a local directory, for single-machine
@@ -125,7 +126,7 @@ func (s *DirStore) Dir() string { return s.dir }
 // validObjectName reports whether name is a relative slash-separated path of
 // non-empty components none of which starts with '.' (which also rules out
 // "." and "..").
-func validObjectName(name string) bool {
+func ValidName(name string) bool {
 	if name == "" || strings.ContainsRune(name, 0) || strings.ContainsRune(name, '\\') {
 		return false
 	}
@@ -142,7 +143,7 @@ func (s *DirStore) path(name string) string {
 }
 
 func (s *DirStore) checkName(op, name string) error {
-	if !validObjectName(name) {
+	if !ValidName(name) {
 		return fmt.Errorf("%s object %q: invalid object name", op, name)
 	}
 	return nil
@@ -172,13 +173,13 @@ func (s *DirStore) Put(ctx context.Context, name string, data []byte) error {
 	// allocation and wait for all their data. Only a hint where unsupported.
 	if len(data) > 1<<20 {
 		if ferr := unix.Fallocate(int(f.Fd()), 0, 0, int64(len(data))); errors.Is(ferr, syscall.ENOSPC) {
-			discardTemp(f)
+			DiscardTemp(f)
 			return fmt.Errorf("put object %s: %w", name, ferr)
 		}
 	}
 	w := &durable.PacedWriter{F: f, Pace: len(data) > durable.PaceChunk}
 	if _, err := w.Write(data); err != nil {
-		discardTemp(f)
+		DiscardTemp(f)
 		return fmt.Errorf("put object %s: %w", name, err)
 	}
 	return s.PutFile(ctx, name, f)
@@ -226,6 +227,9 @@ func (s *DirStore) PutFile(ctx context.Context, name string, f *os.File) error {
 	return nil
 }
 
+// Forget does nothing: a directory keeps no copies.
+func (s *DirStore) Forget(string) {}
+
 // RemoveStaleTemps deletes the temporary files of Puts and merges that a
 // crash cut short (up to a gigabyte each), once nothing has written to
 // them for age: a Put in progress keeps writing to its file.
@@ -255,11 +259,6 @@ func (s *DirStore) RemoveStaleTemps(age time.Duration) (n int, bytes int64, err 
 		return n, bytes, fmt.Errorf("remove stale temporary files in %s: %w", s.dir, err)
 	}
 	return n, bytes, nil
-}
-
-func discardTemp(f *os.File) {
-	f.Close()
-	os.Remove(f.Name())
 }
 
 // mkdirs creates dir and its missing parents below the store root, fsyncing
@@ -428,7 +427,7 @@ func (s *DirStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error
 	// not a valid name, no valid object name can start with prefix.
 	root := s.dir
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		if !validObjectName(prefix[:i]) {
+		if !ValidName(prefix[:i]) {
 			return nil, nil
 		}
 		root = s.path(prefix[:i])

@@ -1,4 +1,7 @@
-package blockstore_test
+// Package objstoretest is the ObjectStore conformance suite: every
+// implementation (a directory, the layer-chunk cache, S3) passes the same
+// checks, so the volume above cannot tell them apart.
+package objstoretest
 
 import (
 	"bytes"
@@ -6,20 +9,20 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
 )
 
-// testObjectStore checks the ObjectStore contract every implementation must
+// Run checks the ObjectStore contract every implementation must
 // keep, so the volume above cannot tell a directory from S3. s must be
 // empty. Each subtest works under its own top-level name, so they can share
 // one store.
-func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
+func Run(t *testing.T, s objstore.ObjectStore) {
 	ctx := context.Background()
 	mustPut := func(t *testing.T, name string, data []byte) {
 		t.Helper()
@@ -31,7 +34,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 	t.Run("PutGet", func(t *testing.T) {
 		for _, n := range []int{0, 1, 8191, 1<<20 + 3} {
 			name := fmt.Sprintf("putget/obj-%d", n)
-			data := randomBytes(n)
+			data := RandomBytes(n)
 			mustPut(t, name, data)
 			got, err := s.Get(ctx, name)
 			if err != nil {
@@ -56,11 +59,11 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 		}
 		// Objects are immutable, but a retried upload puts the same bytes
 		// again, and that must succeed.
-		mustPut(t, "putget/obj-1", mustGet(t, s, "putget/obj-1"))
+		mustPut(t, "putget/obj-1", MustGet(t, s, "putget/obj-1"))
 	})
 
 	t.Run("GetRange", func(t *testing.T) {
-		data := randomBytes(10000)
+		data := RandomBytes(10000)
 		mustPut(t, "range/obj", data)
 		tests := []struct {
 			name    string
@@ -89,7 +92,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 				got, err := s.GetRange(ctx, "range/obj", tt.off, tt.n)
 				switch {
 				case tt.corrupt:
-					if !errors.Is(err, blockstore.ErrCorrupt) {
+					if !errors.Is(err, objstore.ErrCorrupt) {
 						t.Fatalf("err = %v, want ErrCorrupt", err)
 					}
 					if !strings.Contains(err.Error(), "range/obj") {
@@ -127,7 +130,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 			for _, name := range []string{"nf/missing", "nf/dir", "nf/nodir/obj"} {
 				t.Run(op.name+"/"+name, func(t *testing.T) {
 					err := op.op(name)
-					if !errors.Is(err, blockstore.ErrNotFound) {
+					if !errors.Is(err, objstore.ErrNotFound) {
 						t.Fatalf("err = %v, want ErrNotFound", err)
 					}
 					if !strings.Contains(err.Error(), name) {
@@ -213,7 +216,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.IsSortedFunc(all, func(a, b blockstore.ObjectInfo) int { return strings.Compare(a.Name, b.Name) }) {
+		if !slices.IsSortedFunc(all, func(a, b objstore.ObjectInfo) int { return strings.Compare(a.Name, b.Name) }) {
 			t.Fatalf("List(\"\") not sorted: %v", all)
 		}
 		n := 0
@@ -233,10 +236,10 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 		if err := s.Delete(ctx, "del/a/b"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Get(ctx, "del/a/b"); !errors.Is(err, blockstore.ErrNotFound) {
+		if _, err := s.Get(ctx, "del/a/b"); !errors.Is(err, objstore.ErrNotFound) {
 			t.Fatalf("Get after Delete: %v", err)
 		}
-		if err := s.Delete(ctx, "del/a/b"); !errors.Is(err, blockstore.ErrNotFound) {
+		if err := s.Delete(ctx, "del/a/b"); !errors.Is(err, objstore.ErrNotFound) {
 			t.Fatalf("second Delete: %v", err)
 		}
 		got, err := s.List(ctx, "del/")
@@ -248,7 +251,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 	})
 
 	t.Run("Concurrent", func(t *testing.T) {
-		shared := randomBytes(64 << 10)
+		shared := RandomBytes(64 << 10)
 		mustPut(t, "conc/shared", shared)
 		var wg sync.WaitGroup
 		errs := make(chan error, 64)
@@ -257,7 +260,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 			go func() {
 				defer wg.Done()
 				name := fmt.Sprintf("conc/obj-%02d", i)
-				data := randomBytes(rand.IntN(100 << 10))
+				data := RandomBytes(rand.IntN(100 << 10))
 				if err := s.Put(ctx, name, data); err != nil {
 					errs <- err
 					return
@@ -297,6 +300,42 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 		}
 	})
 
+	t.Run("Streamed", func(t *testing.T) {
+		data := RandomBytes(3<<20 + 17)
+		f, err := s.CreateTemp(ctx, "streamed/obj")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for b := data; len(b) > 0; {
+			n := min(len(b), 1<<20)
+			if _, err := f.Write(b[:n]); err != nil {
+				t.Fatal(err)
+			}
+			b = b[n:]
+		}
+		if err := s.PutFile(ctx, "streamed/obj", f); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(f.Name()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("PutFile left its file %s: %v", f.Name(), err)
+		}
+		if got := MustGet(t, s, "streamed/obj"); !bytes.Equal(got, data) {
+			t.Fatalf("streamed object: got %d bytes, want the %d written", len(got), len(data))
+		}
+		// ReadRange fills the caller's buffer when it is big enough.
+		buf := make([]byte, 0, 1<<20)
+		got, err := s.ReadRange(ctx, "streamed/obj", 100, 4096, buf)
+		if err != nil || !bytes.Equal(got, data[100:4196]) {
+			t.Fatalf("ReadRange: %d bytes, %v", len(got), err)
+		}
+		if &got[0] != &buf[:1][0] {
+			t.Errorf("ReadRange did not use the caller's buffer")
+		}
+		if _, err := s.ReadRange(ctx, "streamed/obj", int64(len(data))-10, 11, buf); !errors.Is(err, objstore.ErrCorrupt) {
+			t.Errorf("ReadRange past the end: %v, want ErrCorrupt", err)
+		}
+	})
+
 	t.Run("Canceled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
@@ -315,7 +354,7 @@ func testObjectStore(t *testing.T, s blockstore.ObjectStore) {
 	})
 }
 
-func mustGet(t *testing.T, s blockstore.ObjectStore, name string) []byte {
+func MustGet(t *testing.T, s objstore.ObjectStore, name string) []byte {
 	t.Helper()
 	b, err := s.Get(context.Background(), name)
 	if err != nil {
@@ -324,18 +363,10 @@ func mustGet(t *testing.T, s blockstore.ObjectStore, name string) []byte {
 	return b
 }
 
-func randomBytes(n int) []byte {
+func RandomBytes(n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
 		b[i] = byte(rand.Uint32())
 	}
 	return b
-}
-
-func TestDirStoreConformance(t *testing.T) {
-	s, err := blockstore.NewDirStore(filepath.Join(t.TempDir(), "objects"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testObjectStore(t, s)
 }

@@ -1,4 +1,4 @@
-package blockstore_test
+package s3_test
 
 import (
 	"bytes"
@@ -20,16 +20,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/neonfs/neonfs/objstore/objstoretest"
+
 	"github.com/minio/minio-go/v7"
+
 	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/blockstore/s3test"
+	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/objstore/s3"
+	"github.com/neonfs/neonfs/objstore/s3/s3test"
 )
 
-func newS3Store(t *testing.T, cfg blockstore.S3Config) *blockstore.S3Store {
+func newS3Store(t *testing.T, cfg s3.Config) *s3.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := blockstore.NewS3Store(ctx, cfg)
+	s, err := s3.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +50,7 @@ func TestS3StoreConformance(t *testing.T) {
 			if prefix == "" {
 				cfg.Prefix = "root" // the other run's objects must not show
 			}
-			testObjectStore(t, newS3Store(t, cfg))
+			objstoretest.Run(t, newS3Store(t, cfg))
 		})
 	}
 	// The keys really are under the prefix, and the prefix ends at a '/'.
@@ -92,7 +97,7 @@ func TestParseS3URL(t *testing.T) {
 		{url: "s3://bucket/.hidden", fail: true},
 	}
 	for _, tt := range tests {
-		b, p, err := blockstore.ParseS3URL(tt.url)
+		b, p, err := s3.ParseURL(tt.url)
 		if tt.fail {
 			if err == nil {
 				t.Errorf("ParseS3URL(%q) = %q, %q; want an error", tt.url, b, p)
@@ -104,7 +109,7 @@ func TestParseS3URL(t *testing.T) {
 		}
 	}
 	// A URL with credentials in it is refused without echoing them.
-	_, _, err := blockstore.ParseS3URL("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/x")
+	_, _, err := s3.ParseURL("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/x")
 	if err == nil || strings.Contains(err.Error(), "wJalrXUtnFEMI") {
 		t.Fatalf("URL with credentials: %v", err)
 	}
@@ -144,7 +149,7 @@ func TestS3BadEndpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := blockstore.NewS3Store(ctx, blockstore.S3Config{Endpoint: addr, Bucket: "bucket1", CredentialsFile: creds})
+	_, err := s3.New(ctx, s3.Config{Endpoint: addr, Bucket: "bucket1", CredentialsFile: creds})
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("NewS3Store took %v with a 1 s context", d)
 	}
@@ -155,7 +160,7 @@ func TestS3BadEndpoint(t *testing.T) {
 		t.Errorf("err = %v does not wrap ECONNREFUSED and the deadline", err)
 	}
 	for _, ep := range []string{"", "http://" + addr, "no-port"} {
-		if _, err := blockstore.NewS3Store(ctx, blockstore.S3Config{Endpoint: ep, Bucket: "bucket1", CredentialsFile: creds}); err == nil {
+		if _, err := s3.New(ctx, s3.Config{Endpoint: ep, Bucket: "bucket1", CredentialsFile: creds}); err == nil {
 			t.Errorf("endpoint %q accepted", ep)
 		}
 	}
@@ -165,7 +170,7 @@ func TestS3MissingBucket(t *testing.T) {
 	srv := s3test.NewServer(t)
 	cfg := srv.Config()
 	cfg.Bucket = "no-such-bucket"
-	_, err := blockstore.NewS3Store(context.Background(), cfg)
+	_, err := s3.New(context.Background(), cfg)
 	want := "bucket no-such-bucket does not exist at endpoint " + srv.Addr()
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("err = %v, want %q", err, want)
@@ -185,7 +190,7 @@ func TestS3Credentials(t *testing.T) {
 		}{{0o600, true}, {0o400, true}, {0o644, false}, {0o640, false}, {0o604, false}, {0o660, false}} {
 			cfg := srv.Config()
 			cfg.CredentialsFile = writeCredentials(t, string(good), tt.mode)
-			_, err := blockstore.NewS3Store(context.Background(), cfg)
+			_, err := s3.New(context.Background(), cfg)
 			if tt.ok {
 				if err != nil {
 					t.Errorf("mode %#o: %v", tt.mode, err)
@@ -216,18 +221,18 @@ func TestS3Credentials(t *testing.T) {
 		t.Setenv("AWS_ACCESS_KEY_ID", access)
 		t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
 		t.Setenv("AWS_SESSION_TOKEN", "")
-		if _, err := blockstore.NewS3Store(context.Background(), cfg); err != nil {
+		if _, err := s3.New(context.Background(), cfg); err != nil {
 			t.Fatal(err)
 		}
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
-		if _, err := blockstore.NewS3Store(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY") {
+		if _, err := s3.New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY") {
 			t.Fatalf("no secret in the environment: %v", err)
 		}
 	})
 	t.Run("wrong", func(t *testing.T) {
 		cfg := srv.Config()
 		cfg.CredentialsFile = writeCredentials(t, "access_key_id="+knownAccess+"\nsecret_access_key="+knownSecret+"\n", 0o600)
-		_, err := blockstore.NewS3Store(context.Background(), cfg)
+		_, err := s3.New(context.Background(), cfg)
 		want := "access denied to bucket " + cfg.Bucket
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "check credentials") {
 			t.Fatalf("err = %v, want %q ... check credentials", err, want)
@@ -258,7 +263,7 @@ func TestS3SecretsNeverInErrors(t *testing.T) {
 		"secret_acess_key=" + knownSecret + "\n",                                     // typo
 		"access_key_id=" + knownAccess + "\naccess_key_id=" + knownSecret + "\n",
 	}
-	cfgs := []blockstore.S3Config{}
+	cfgs := []s3.Config{}
 	for _, f := range files {
 		cfg := srv.Config()
 		cfg.CredentialsFile = writeCredentials(t, f, 0o600)
@@ -274,7 +279,7 @@ func TestS3SecretsNeverInErrors(t *testing.T) {
 	cfgs = append(cfgs, unreachable, missing)
 	for _, cfg := range cfgs {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		_, err := blockstore.NewS3Store(ctx, cfg)
+		_, err := s3.New(ctx, cfg)
 		cancel()
 		if err == nil {
 			t.Fatalf("NewS3Store(%v) succeeded", cfg)
@@ -359,7 +364,7 @@ func TestS3GetRangeIsRanged(t *testing.T) {
 	cfg.Endpoint = p.addr()
 	s := newS3Store(t, cfg)
 	ctx := context.Background()
-	data := randomBytes(8 << 20)
+	data := objstoretest.RandomBytes(8 << 20)
 	if err := s.Put(ctx, "big", data); err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +441,7 @@ func TestS3RetriesTransientErrors(t *testing.T) {
 		})
 	}
 	p.requests.Store(0)
-	if _, err := s.Get(ctx, "missing"); !errors.Is(err, blockstore.ErrNotFound) || p.requests.Load() != 1 {
+	if _, err := s.Get(ctx, "missing"); !errors.Is(err, objstore.ErrNotFound) || p.requests.Load() != 1 {
 		t.Fatalf("missing object: %v after %d requests", err, p.requests.Load())
 	}
 }
@@ -458,7 +463,7 @@ func TestS3PutSurvivesRestart(t *testing.T) {
 		time.Sleep(down)
 		restarted <- srv.Start()
 	}()
-	data := randomBytes(3 << 20)
+	data := objstoretest.RandomBytes(3 << 20)
 	start := time.Now()
 	if err := s.Put(ctx, "layers/during-outage", data); err != nil {
 		t.Fatalf("Put across a restart: %v", err)
@@ -544,7 +549,7 @@ func TestS3Layer(t *testing.T) {
 	}
 	wantCorrupt := func(what string, err error) {
 		t.Helper()
-		if !errors.Is(err, blockstore.ErrCorrupt) || !strings.Contains(err.Error(), meta.Name) {
+		if !errors.Is(err, objstore.ErrCorrupt) || !strings.Contains(err.Error(), meta.Name) {
 			t.Fatalf("%s: err = %v, want ErrCorrupt naming %s", what, err, meta.Name)
 		}
 	}
@@ -590,7 +595,7 @@ func TestS3BigObject(t *testing.T) {
 	srv := s3test.NewServer(t)
 	s := newS3Store(t, srv.Config())
 	ctx := context.Background()
-	data := bytes.Repeat(randomBytes(1<<20), 40)
+	data := bytes.Repeat(objstoretest.RandomBytes(1<<20), 40)
 	data[len(data)-1] ^= 1 // parts must not be confused with one another
 	if err := s.Put(ctx, "layers/big", data); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,7 @@
-package blockstore
+// Package s3 is the ObjectStore on an S3 bucket (minio-go): the network
+// end of the object-store seam. Only the volume's wiring imports it;
+// blockstore never does.
+package s3
 
 import (
 	"bufio"
@@ -15,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,10 +28,12 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/neonfs/neonfs/objstore"
 )
 
-// S3Config says where an S3Store keeps its objects.
-type S3Config struct {
+// Config says where a Store keeps its objects.
+type Config struct {
 	Endpoint string // host:port, no scheme
 	Bucket   string
 	Prefix   string // objects live under Prefix + "/"; empty for the bucket root
@@ -38,10 +44,14 @@ type S3Config struct {
 	// credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
 	// (optionally) AWS_SESSION_TOKEN.
 	CredentialsFile string
+	// StagingDir holds streamed uploads (CreateTemp) on local disk; the
+	// system's temporary directory when empty. Not part of the volume's
+	// saved config: the opener chooses it.
+	StagingDir string `json:"-"`
 }
 
 // String names the location; it never includes credentials.
-func (c S3Config) String() string {
+func (c Config) String() string {
 	u := "s3://" + c.Bucket
 	if c.Prefix != "" {
 		u += "/" + c.Prefix
@@ -49,9 +59,9 @@ func (c S3Config) String() string {
 	return u + " at " + c.Endpoint
 }
 
-// ParseS3URL splits s3://bucket/some/prefix into its bucket and prefix
+// ParseURL splits s3://bucket/some/prefix into its bucket and prefix
 // (without a trailing '/'; empty for s3://bucket).
-func ParseS3URL(url string) (bucket, prefix string, err error) {
+func ParseURL(url string) (bucket, prefix string, err error) {
 	rest, ok := strings.CutPrefix(url, "s3://")
 	if !ok {
 		return "", "", fmt.Errorf("S3 URL %q: must start with s3://", url)
@@ -66,28 +76,29 @@ func ParseS3URL(url string) (bucket, prefix string, err error) {
 		return "", "", fmt.Errorf("S3 URL %q: invalid bucket name %q: %w", url, bucket, err)
 	}
 	prefix = strings.TrimSuffix(prefix, "/")
-	if prefix != "" && !validObjectName(prefix) {
+	if prefix != "" && !objstore.ValidName(prefix) {
 		return "", "", fmt.Errorf("S3 URL %q: invalid prefix %q: components must be non-empty and not start with '.'", url, prefix)
 	}
 	return bucket, prefix, nil
 }
 
-// S3Store is an ObjectStore in an S3 bucket, under a key prefix. Object
+// Store is an objstore.ObjectStore in an S3 bucket, under a key prefix. Object
 // names follow DirStore's rules, so a volume can move between the two.
 // Transient faults (network errors, 5xx, SlowDown, a request that does not
 // finish in time) are retried with exponential backoff until the caller's
 // context is done: a flush that waits out an S3 outage is better than a
 // failed one. Safe for concurrent use.
-type S3Store struct {
+type Store struct {
 	client   *minio.Client
 	core     minio.Core
 	endpoint string
 	bucket   string
 	prefix   string   // "" or the configured prefix with a trailing "/"
 	redact   []string // credentials, kept only to scrub them from errors
+	staging  string   // Config.StagingDir
 }
 
-var _ ObjectStore = (*S3Store)(nil)
+var _ objstore.ObjectStore = (*Store)(nil)
 
 const (
 	// s3RequestTimeout bounds a request that moves no object data, and the
@@ -99,7 +110,7 @@ const (
 	// s3PartSize splits big objects (layers are 100+ MiB) into parts
 	// uploaded in parallel; smaller objects go in a single PUT.
 	s3PartSize = 32 << 20
-	// s3ConnectTimeout bounds NewS3Store's bucket check when the caller's
+	// s3ConnectTimeout bounds New's bucket check when the caller's
 	// context has no deadline, so a typo in the endpoint fails instead of
 	// hanging.
 	s3ConnectTimeout = 30 * time.Second
@@ -113,9 +124,9 @@ func s3Timeout(n int64) time.Duration {
 	return s3RequestTimeout + time.Duration(n/s3MinRate)*time.Second
 }
 
-// NewS3Store connects to the bucket cfg names and checks that it exists
+// New connects to the bucket cfg names and checks that it exists
 // and that the credentials may use it.
-func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
+func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Endpoint == "" {
 		return nil, errors.New("S3 endpoint: empty (want host:port)")
 	}
@@ -134,7 +145,7 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	}
 	prefix := strings.Trim(cfg.Prefix, "/")
 	if prefix != "" {
-		if !validObjectName(prefix) {
+		if !objstore.ValidName(prefix) {
 			return nil, fmt.Errorf("S3 prefix %q: components must be non-empty and not start with '.'", cfg.Prefix)
 		}
 		prefix += "/"
@@ -153,12 +164,18 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("S3 endpoint %s: %w", cfg.Endpoint, err)
 	}
-	s := &S3Store{
+	s := &Store{
 		client:   client,
 		core:     minio.Core{Client: client},
 		endpoint: cfg.Endpoint,
 		bucket:   cfg.Bucket,
 		prefix:   prefix,
+		staging:  cfg.StagingDir,
+	}
+	if s.staging != "" {
+		if err := os.MkdirAll(s.staging, 0o700); err != nil {
+			return nil, fmt.Errorf("S3 staging directory: %w", err)
+		}
 	}
 	// Scrub every credential long enough to be one; a 1-3 character test
 	// key would otherwise garble every message it happens to occur in.
@@ -187,7 +204,7 @@ func NewS3Store(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	return s, nil
 }
 
-func (s *S3Store) bucketErr(err error) error {
+func (s *Store) bucketErr(err error) error {
 	var gu *s3GaveUpError
 	if errors.As(err, &gu) {
 		return fmt.Errorf("cannot reach S3 endpoint %s: %w", s.endpoint, err)
@@ -205,21 +222,21 @@ func (s *S3Store) bucketErr(err error) error {
 }
 
 // String names the store's location; it never includes credentials.
-func (s *S3Store) String() string {
+func (s *Store) String() string {
 	return "s3://" + s.bucket + "/" + s.prefix + " at " + s.endpoint
 }
 
 // GoString keeps %#v (which would print every field) from reaching the
 // credentials.
-func (s *S3Store) GoString() string { return "S3Store(" + s.String() + ")" }
+func (s *Store) GoString() string { return "Store(" + s.String() + ")" }
 
 // LogValue keeps slog from printing the struct.
-func (s *S3Store) LogValue() slog.Value { return slog.StringValue(s.String()) }
+func (s *Store) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
-func (s *S3Store) key(name string) string { return s.prefix + name }
+func (s *Store) key(name string) string { return s.prefix + name }
 
-func (s *S3Store) checkName(op, name string) error {
-	if !validObjectName(name) {
+func (s *Store) checkName(op, name string) error {
+	if !objstore.ValidName(name) {
 		return fmt.Errorf("%s object %q: invalid object name", op, name)
 	}
 	return nil
@@ -227,7 +244,7 @@ func (s *S3Store) checkName(op, name string) error {
 
 // Put uploads data and returns once the server has acknowledged it.
 // Objects are immutable, so retrying a PUT whose reply was lost is safe.
-func (s *S3Store) Put(ctx context.Context, name string, data []byte) error {
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := s.checkName("put", name); err != nil {
 		return err
 	}
@@ -245,7 +262,84 @@ func (s *S3Store) Put(ctx context.Context, name string, data []byte) error {
 	return nil
 }
 
-func (s *S3Store) Get(ctx context.Context, name string) ([]byte, error) {
+// stagePrefix names the local files of streamed uploads (CreateTemp).
+const stagePrefix = "neonfs-s3-upload-"
+
+// CreateTemp returns a file in the local staging directory (the system's
+// temporary directory unless Config.StagingDir names one).
+func (s *Store) CreateTemp(ctx context.Context, name string) (*os.File, error) {
+	if err := s.checkName("put", name); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("put object %s: %w", name, err)
+	}
+	f, err := os.CreateTemp(s.staging, stagePrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("put object %s: stage in %s: %w", name, s.stagingDir(), err)
+	}
+	return f, nil
+}
+
+func (s *Store) stagingDir() string {
+	if s.staging == "" {
+		return os.TempDir()
+	}
+	return s.staging
+}
+
+// PutFile uploads f's content as name, retried like Put (each attempt reads
+// the file afresh), then closes and removes f.
+func (s *Store) PutFile(ctx context.Context, name string, f *os.File) error {
+	defer objstore.DiscardTemp(f)
+	if err := s.checkName("put", name); err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("put object %s: %w", name, err)
+	}
+	size := fi.Size()
+	err = s.retryTimeout(ctx, "put", name, s3Timeout(size), func(ctx context.Context, _ *s3Attempt) error {
+		_, err := s.client.PutObject(ctx, s.bucket, s.key(name), io.NewSectionReader(f, 0, size), size, minio.PutObjectOptions{
+			ContentType: "application/octet-stream",
+			PartSize:    s3PartSize,
+		})
+		return err
+	})
+	if err != nil {
+		return s.objectErr("put", name, err)
+	}
+	return nil
+}
+
+// Forget does nothing: the store keeps no local copies.
+func (s *Store) Forget(string) {}
+
+// RemoveStaleTemps deletes staged uploads a crash cut short.
+func (s *Store) RemoveStaleTemps(age time.Duration) (n int, bytes int64, err error) {
+	dir := s.stagingDir()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("remove stale staged uploads in %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if e.IsDir() || !strings.HasPrefix(e.Name(), stagePrefix) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || time.Since(fi.ModTime()) < age {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
+			n++
+			bytes += fi.Size()
+		}
+	}
+	return n, bytes, nil
+}
+
+func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	if err := s.checkName("get", name); err != nil {
 		return nil, err
 	}
@@ -276,7 +370,12 @@ func (s *S3Store) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 // GetRange fetches only the range, with an HTTP Range request.
-func (s *S3Store) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+func (s *Store) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	return s.ReadRange(ctx, name, off, n, nil)
+}
+
+// ReadRange is GetRange into buf's capacity when it is big enough.
+func (s *Store) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
 	if err := s.checkName("get", name); err != nil {
 		return nil, err
 	}
@@ -284,7 +383,7 @@ func (s *S3Store) GetRange(ctx context.Context, name string, off, n int64) ([]by
 		return nil, fmt.Errorf("get object %s: invalid range offset %d length %d", name, off, n)
 	}
 	if n > math.MaxInt64-off {
-		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond any object: %w", name, off, off, n, ErrCorrupt)
+		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond any object: %w", name, off, off, n, objstore.ErrCorrupt)
 	}
 	if n == 0 {
 		// An empty Range is not expressible; the object must still reach off.
@@ -293,7 +392,7 @@ func (s *S3Store) GetRange(ctx context.Context, name string, off, n int64) ([]by
 			return nil, err
 		}
 		if off > size {
-			return nil, fmt.Errorf("get object %s: range [%d, %d+0) beyond size %d: %w", name, off, off, size, ErrCorrupt)
+			return nil, fmt.Errorf("get object %s: range [%d, %d+0) beyond size %d: %w", name, off, off, size, objstore.ErrCorrupt)
 		}
 		return []byte{}, nil
 	}
@@ -321,10 +420,14 @@ func (s *S3Store) GetRange(ctx context.Context, name string, off, n int64) ([]by
 			if !ok {
 				total = info.Size
 			}
-			return fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, total, ErrCorrupt)
+			return fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, total, objstore.ErrCorrupt)
 		}
 		a.extend(s3Timeout(n))
-		b := make([]byte, n)
+		b := buf[:0]
+		if int64(cap(b)) < n {
+			b = make([]byte, n)
+		}
+		b = b[:n]
 		if _, err := io.ReadFull(body, b); err != nil {
 			return err // cut off mid-body: the server went away, retry
 		}
@@ -364,7 +467,7 @@ func parseContentRange(v string) (start, total int64, ok bool) {
 	return start, total, true
 }
 
-func (s *S3Store) Size(ctx context.Context, name string) (int64, error) {
+func (s *Store) Size(ctx context.Context, name string) (int64, error) {
 	if err := s.checkName("stat", name); err != nil {
 		return 0, err
 	}
@@ -381,10 +484,10 @@ func (s *S3Store) Size(ctx context.Context, name string) (int64, error) {
 }
 
 // Delete removes the object. S3 does not report deleting a missing
-// object, but DirStore does (ErrNotFound), and GC relies on one behaviour
+// object, but DirStore does (objstore.ErrNotFound), and GC relies on one behaviour
 // for both, so Delete checks first; deletes are rare (GC only), so the
 // extra request is cheap.
-func (s *S3Store) Delete(ctx context.Context, name string) error {
+func (s *Store) Delete(ctx context.Context, name string) error {
 	if err := s.checkName("delete", name); err != nil {
 		return err
 	}
@@ -403,8 +506,8 @@ func (s *S3Store) Delete(ctx context.Context, name string) error {
 // List returns the objects whose names start with prefix, sorted by name.
 // Keys under the store prefix that are not valid object names (left by
 // other tools) are skipped, as DirStore skips dot files.
-func (s *S3Store) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	var out []ObjectInfo
+func (s *Store) List(ctx context.Context, prefix string) ([]objstore.ObjectInfo, error) {
+	var out []objstore.ObjectInfo
 	err := s.retry(ctx, "list", prefix, func(ctx context.Context, a *s3Attempt) error {
 		out = out[:0]
 		opts := minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}
@@ -414,10 +517,10 @@ func (s *S3Store) List(ctx context.Context, prefix string) ([]ObjectInfo, error)
 			}
 			a.extend(s3RequestTimeout) // a long listing is fine while pages keep coming
 			name, ok := strings.CutPrefix(o.Key, s.prefix)
-			if !ok || !validObjectName(name) {
+			if !ok || !objstore.ValidName(name) {
 				continue
 			}
-			out = append(out, ObjectInfo{Name: name, Size: o.Size})
+			out = append(out, objstore.ObjectInfo{Name: name, Size: o.Size})
 		}
 		return nil
 	})
@@ -426,14 +529,14 @@ func (s *S3Store) List(ctx context.Context, prefix string) ([]ObjectInfo, error)
 	}
 	// S3 lists in UTF-8 binary order already; sorting guards against
 	// servers that do not.
-	slices.SortFunc(out, func(a, b ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b objstore.ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
 // objectErr turns the error of op on name into one that names the object
-// and the endpoint and wraps ErrNotFound or ErrCorrupt where they apply.
-func (s *S3Store) objectErr(op, name string, err error) error {
-	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
+// and the endpoint and wraps objstore.ErrNotFound or objstore.ErrCorrupt where they apply.
+func (s *Store) objectErr(op, name string, err error) error {
+	if errors.Is(err, objstore.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
 		return s.scrub(err) // already names the object
 	}
 	where := "s3://" + s.bucket + "/" + s.key(name) + " at " + s.endpoint
@@ -444,13 +547,13 @@ func (s *S3Store) objectErr(op, name string, err error) error {
 	case errors.As(err, &gu):
 		return s.scrub(fmt.Errorf("%s object %s: cannot reach S3 endpoint %s: %w", op, name, s.endpoint, err))
 	case s3Code(err) == minio.NoSuchKey:
-		return s.scrub(fmt.Errorf("%s object %s: %w: %w", op, name, ErrNotFound, err))
+		return s.scrub(fmt.Errorf("%s object %s: %w: %w", op, name, objstore.ErrNotFound, err))
 	case s3Code(err) == minio.NoSuchBucket:
 		return s.scrub(fmt.Errorf("%s object %s: bucket %s does not exist at endpoint %s: %w", op, name, s.bucket, s.endpoint, err))
 	case s3AccessDenied(err):
 		return s.scrub(fmt.Errorf("%s object %s: access denied to bucket %s at endpoint %s: check credentials: %w", op, name, s.bucket, s.endpoint, err))
 	case s3Code(err) == "InvalidRange":
-		return s.scrub(fmt.Errorf("%s object %s: range beyond the end of the object: %w: %w", op, name, ErrCorrupt, err))
+		return s.scrub(fmt.Errorf("%s object %s: range beyond the end of the object: %w: %w", op, name, objstore.ErrCorrupt, err))
 	}
 	return s.scrub(fmt.Errorf("%s object %s (%s): %w", op, name, where, err))
 }
@@ -558,14 +661,14 @@ func (e *s3GaveUpError) Unwrap() []error {
 	return []error{e.ctxErr, e.last}
 }
 
-func (s *S3Store) retry(ctx context.Context, op, name string, fn func(context.Context, *s3Attempt) error) error {
+func (s *Store) retry(ctx context.Context, op, name string, fn func(context.Context, *s3Attempt) error) error {
 	return s.retryTimeout(ctx, op, name, s3RequestTimeout, fn)
 }
 
 // retryTimeout runs fn, each attempt first limited to timeout, until it
 // succeeds, fails with an error that repeating will not fix (returned as
 // is), or ctx is done (an *s3GaveUpError).
-func (s *S3Store) retryTimeout(ctx context.Context, op, name string, timeout time.Duration, fn func(context.Context, *s3Attempt) error) error {
+func (s *Store) retryTimeout(ctx context.Context, op, name string, timeout time.Duration, fn func(context.Context, *s3Attempt) error) error {
 	start := time.Now()
 	backoff := s3BackoffMin
 	var last error
@@ -629,7 +732,7 @@ func (e *redactedError) Unwrap() error { return e.err }
 
 // scrub removes credentials from err's message. The secret key never goes
 // on the wire, but the access key does, and a server may echo it back.
-func (s *S3Store) scrub(err error) error {
+func (s *Store) scrub(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -24,7 +24,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
-	"github.com/neonfs/neonfs/blockstore"
+
+	"github.com/neonfs/neonfs/objstore/s3"
 )
 
 // Version is the versitygw release the tests are written against.
@@ -57,7 +58,7 @@ type Server struct {
 
 // Start starts a server with a fresh bucket and returns its config and a
 // function that stops it (also done at cleanup; calling both is fine).
-func Start(t testing.TB) (cfg blockstore.S3Config, stop func()) {
+func Start(t testing.TB) (cfg s3.Config, stop func()) {
 	t.Helper()
 	s := NewServer(t)
 	return s.Config(), s.Stop
@@ -114,8 +115,8 @@ func NewServer(t testing.TB) *Server {
 }
 
 // Config is the S3Config of the server's bucket, with a credentials file.
-func (s *Server) Config() blockstore.S3Config {
-	return blockstore.S3Config{
+func (s *Server) Config() s3.Config {
+	return s3.Config{
 		Endpoint:        s.addr,
 		Bucket:          Bucket,
 		Region:          "us-east-1",

@@ -1,4 +1,4 @@
-package blockstore_test
+package objstore_test
 
 import (
 	"bytes"
@@ -18,10 +18,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore/objstoretest"
+
+	"github.com/neonfs/neonfs/objstore"
 )
 
-const cacheChunk = blockstore.CacheChunkSize
+const cacheChunk = objstore.CacheChunkSize
 
 // cacheChunkRoom is more than one chunk file (payload and header) takes, and
 // less than two: a limit of k*cacheChunkRoom holds k full chunks.
@@ -32,7 +34,7 @@ var errRemoteDown = errors.New("remote down")
 // spyStore wraps a remote, recording the calls that reach it; while down,
 // every call fails.
 type spyStore struct {
-	blockstore.ObjectStore
+	objstore.ObjectStore
 	down  atomic.Bool
 	short atomic.Bool   // GetRange returns one byte less
 	gate  chan struct{} // when set, GetRange waits for it to close
@@ -102,7 +104,7 @@ func (s *spyStore) Delete(ctx context.Context, name string) error {
 	return s.ObjectStore.Delete(ctx, name)
 }
 
-func (s *spyStore) List(ctx context.Context, prefix string) ([]blockstore.ObjectInfo, error) {
+func (s *spyStore) List(ctx context.Context, prefix string) ([]objstore.ObjectInfo, error) {
 	if err := s.record("List %s", prefix); err != nil {
 		return nil, err
 	}
@@ -122,7 +124,7 @@ func chunkRange(off, n int64) string {
 
 func newSpyStore(t *testing.T) *spyStore {
 	t.Helper()
-	ds, err := blockstore.NewDirStore(filepath.Join(t.TempDir(), "remote"))
+	ds, err := objstore.NewDirStore(filepath.Join(t.TempDir(), "remote"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,16 +134,16 @@ func newSpyStore(t *testing.T) *spyStore {
 // putRemote stores a random object in the remote behind the cache's back.
 func putBehindCache(t *testing.T, s *spyStore, name string, n int) []byte {
 	t.Helper()
-	data := randomBytes(n)
+	data := objstoretest.RandomBytes(n)
 	if err := s.ObjectStore.Put(context.Background(), name, data); err != nil {
 		t.Fatal(err)
 	}
 	return data
 }
 
-func newTestCache(t *testing.T, remote blockstore.ObjectStore, dir string, limit int64) *blockstore.CachedStore {
+func newTestCache(t *testing.T, remote objstore.ObjectStore, dir string, limit int64) *objstore.CachedStore {
 	t.Helper()
-	c, err := blockstore.NewCachedStore(remote, dir, limit)
+	c, err := objstore.NewCachedStore(remote, dir, limit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +174,7 @@ func cacheDirBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-func checkCachedRange(t *testing.T, s blockstore.ObjectStore, name string, data []byte, off, n int64) {
+func checkCachedRange(t *testing.T, s objstore.ObjectStore, name string, data []byte, off, n int64) {
 	t.Helper()
 	got, err := s.GetRange(context.Background(), name, off, n)
 	if err != nil {
@@ -193,7 +195,7 @@ func TestCachedStoreConformance(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "cache")
-			testObjectStore(t, newTestCache(t, newSpyStore(t), dir, tt.limit))
+			objstoretest.Run(t, newTestCache(t, newSpyStore(t), dir, tt.limit))
 			if n := cacheDirBytes(t, dir); n > tt.limit {
 				t.Fatalf("%d bytes in the cache directory, limit %d", n, tt.limit)
 			}
@@ -203,7 +205,7 @@ func TestCachedStoreConformance(t *testing.T) {
 
 func TestNewCachedStoreLimit(t *testing.T) {
 	for _, limit := range []int64{0, -5} {
-		_, err := blockstore.NewCachedStore(newSpyStore(t), t.TempDir(), limit)
+		_, err := objstore.NewCachedStore(newSpyStore(t), t.TempDir(), limit)
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprint(limit)) {
 			t.Errorf("limit %d: err = %v, want one naming the limit", limit, err)
 		}
@@ -236,7 +238,7 @@ func TestCachedStoreRangedRead(t *testing.T) {
 			t.Fatalf("%s: remote calls %q, want %q", st.name, got, st.remote)
 		}
 	}
-	if got := mustGet(t, c, name); !bytes.Equal(got, data) || len(remote.take()) != 0 {
+	if got := objstoretest.MustGet(t, c, name); !bytes.Equal(got, data) || len(remote.take()) != 0 {
 		t.Fatal("Get of a cached object: wrong bytes or remote calls")
 	}
 	if s := c.Stats(); s.Misses != 6 {
@@ -281,7 +283,7 @@ func TestCachedStoreEviction(t *testing.T) {
 		t.Errorf("stats %+v: want 4 evictions", s)
 	}
 	// A whole object bigger than the cache still reads right.
-	if got := mustGet(t, c, name); !bytes.Equal(got, data) {
+	if got := objstoretest.MustGet(t, c, name); !bytes.Equal(got, data) {
 		t.Fatal("Get of an object bigger than the cache: wrong bytes")
 	}
 	if n := cacheDirBytes(t, dir); n > limit {
@@ -294,7 +296,7 @@ func TestCachedStoreRestart(t *testing.T) {
 	remote := newSpyStore(t)
 	dir := t.TempDir()
 	c := newTestCache(t, remote, dir, 1<<30)
-	a := randomBytes(2*cacheChunk + cacheChunk/2)
+	a := objstoretest.RandomBytes(2*cacheChunk + cacheChunk/2)
 	if err := c.Put(ctx, "layers/a", a); err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +318,7 @@ func TestCachedStoreRestart(t *testing.T) {
 	if size, err := c.Size(ctx, "layers/b"); err != nil || size != 3*cacheChunk {
 		t.Errorf("Size(layers/b) = %d, %v", size, err)
 	}
-	if got := mustGet(t, c, "layers/a"); !bytes.Equal(got, a) {
+	if got := objstoretest.MustGet(t, c, "layers/a"); !bytes.Equal(got, a) {
 		t.Error("Get(layers/a) after restart: wrong bytes")
 	}
 	checkCachedRange(t, c, "layers/b", b, cacheChunk, cacheChunk)
@@ -427,7 +429,7 @@ func TestCachedStoreRemoteDown(t *testing.T) {
 	ctx := context.Background()
 	remote := newSpyStore(t)
 	c := newTestCache(t, remote, t.TempDir(), 1<<30)
-	put := randomBytes(cacheChunk + 100)
+	put := objstoretest.RandomBytes(cacheChunk + 100)
 	if err := c.Put(ctx, "layers/put", put); err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +438,7 @@ func TestCachedStoreRemoteDown(t *testing.T) {
 	remote.take()
 
 	remote.down.Store(true)
-	if got := mustGet(t, c, "layers/put"); !bytes.Equal(got, put) {
+	if got := objstoretest.MustGet(t, c, "layers/put"); !bytes.Equal(got, put) {
 		t.Error("Get of a put object: wrong bytes")
 	}
 	checkCachedRange(t, c, "layers/read", read, 0, cacheChunk)
@@ -470,7 +472,7 @@ func TestCachedStoreShortRemoteRead(t *testing.T) {
 	c := newTestCache(t, remote, t.TempDir(), 1<<30)
 	remote.short.Store(true)
 	_, err := c.GetRange(context.Background(), "layers/obj", 10, 10)
-	if !errors.Is(err, blockstore.ErrCorrupt) || !strings.Contains(err.Error(), "layers/obj") {
+	if !errors.Is(err, objstore.ErrCorrupt) || !strings.Contains(err.Error(), "layers/obj") {
 		t.Fatalf("short remote read: err = %v, want ErrCorrupt naming the object", err)
 	}
 	remote.short.Store(false)
@@ -490,14 +492,14 @@ func TestCachedStorePutCacheFailure(t *testing.T) {
 	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	data := randomBytes(cacheChunk + 1)
+	data := objstoretest.RandomBytes(cacheChunk + 1)
 	if err := c.Put(ctx, "layers/obj", data); err != nil {
 		t.Fatalf("Put with a broken cache: %v", err)
 	}
 	if !strings.Contains(logs.String(), "layers/obj") {
 		t.Errorf("the failure to cache was not logged; logs:\n%s", logs)
 	}
-	if got := mustGet(t, c, "layers/obj"); !bytes.Equal(got, data) {
+	if got := objstoretest.MustGet(t, c, "layers/obj"); !bytes.Equal(got, data) {
 		t.Fatal("Get with a broken cache: wrong bytes")
 	}
 	if s := c.Stats(); s.Bytes != 0 {
@@ -551,19 +553,19 @@ func TestCachedStoreConcurrentMiss(t *testing.T) {
 // against the same reads from a DirStore for scale.
 func BenchmarkCachedStoreGetRange(b *testing.B) {
 	ctx := context.Background()
-	ds, err := blockstore.NewDirStore(filepath.Join(b.TempDir(), "remote"))
+	ds, err := objstore.NewDirStore(filepath.Join(b.TempDir(), "remote"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := blockstore.NewCachedStore(ds, b.TempDir(), 1<<30)
+	c, err := objstore.NewCachedStore(ds, b.TempDir(), 1<<30)
 	if err != nil {
 		b.Fatal(err)
 	}
 	const size, n = 16 * cacheChunk, 8 << 10
-	if err := c.Put(ctx, "layers/obj", randomBytes(size)); err != nil {
+	if err := c.Put(ctx, "layers/obj", objstoretest.RandomBytes(size)); err != nil {
 		b.Fatal(err)
 	}
-	for _, s := range []blockstore.ObjectStore{ds, c} {
+	for _, s := range []objstore.ObjectStore{ds, c} {
 		b.Run(fmt.Sprintf("%T", s), func(b *testing.B) {
 			b.SetBytes(n)
 			for b.Loop() {
