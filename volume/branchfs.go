@@ -251,19 +251,13 @@ func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore
 	return 0
 }
 
-// begin waits for room in the log and checks the branch can change.
+// begin checks the branch can change and passes the admission gate,
+// before any lock is taken (it may wait).
 func (f *BranchFS) begin(bytes int) syscall.Errno {
 	if f.readOnly {
 		return syscall.EROFS
 	}
-	if !f.vol.admit(bytes) {
-		return syscall.ENOSPC
-	}
-	f.vol.waitFlushRoom()
-	if err := f.vol.commit.WaitRoom(bytes); err != nil {
-		return syscall.EIO
-	}
-	return 0
+	return admitErrno(f.vol.gate.Wait(bytes))
 }
 
 // GetAttr returns an inode's attributes.

@@ -21,15 +21,17 @@ import (
 // Wait(seq) is a barrier for everything put up to that batch.
 //
 // A batch of lazy puts (PutLazy) lingers until someone waits for it, it
-// fills, an urgent put joins it, writers wait for room (WaitRoom) or linger
-// passes: every commit costs an fdatasync, and an fsync arriving while a
+// fills, an urgent put joins it, writers wait for room at the admission
+// gate (setWaiting) or linger passes: every commit costs an fdatasync, and an fsync arriving while a
 // commit nobody asked for is in flight has to wait for it first.
 type Committer struct {
-	propose    func(data []byte) error
-	maxBatch   int   // bytes per entry
-	maxPending int64 // bytes held by batches not yet applied
-	linger     time.Duration
-	timer      *time.Timer // wakes the proposer when a lazy batch has lingered
+	propose  func(data []byte) error
+	maxBatch int // bytes per entry
+	linger   time.Duration
+	timer    *time.Timer // wakes the proposer when a lazy batch has lingered
+	// onChange is called, without mu, after every commit or failure: the
+	// admission gate's waiters look again.
+	onChange func()
 
 	mu       sync.Mutex
 	changed  *sync.Cond // waiters: done, err or pending changed
@@ -40,7 +42,7 @@ type Committer struct {
 	pending  int64  // bytes in open + queued + inflight
 	done     uint64 // highest committed seq
 	wanted   uint64 // highest seq a Wait is blocked on
-	starved  int    // writers blocked in WaitRoom
+	starved  int    // writers blocked at the admission gate
 	closing  bool
 	err      error // set when the log is gone for good
 	stopped  chan struct{}
@@ -81,8 +83,12 @@ func (e permanentError) Unwrap() error { return e.error }
 // NewCommitter starts a committer. propose must return once data is
 // committed and applied; it is retried with backoff on error unless the
 // error is a permanentError. Lazy puts wait up to linger for company.
-func NewCommitter(propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *Committer {
-	c := &Committer{propose: propose, maxBatch: maxBatch, maxPending: maxPending, linger: linger,
+// onChange (may be nil) is called after every commit and on failure.
+func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration, onChange func()) *Committer {
+	if onChange == nil {
+		onChange = func() {}
+	}
+	c := &Committer{propose: propose, maxBatch: maxBatch, linger: linger, onChange: onChange,
 		open: newBatch(1), stopped: make(chan struct{})}
 	c.changed = sync.NewCond(&c.mu)
 	c.kick = sync.NewCond(&c.mu)
@@ -98,19 +104,30 @@ func NewCommitter(propose func([]byte) error, maxBatch int, maxPending int64, li
 
 func putSize(e blockstore.Entry) int { return len(e.Value.Data) + 40 }
 
-// WaitRoom blocks while pending bytes are over the limit: back-pressure.
-// It is separate from Put so callers can wait before taking their own
-// locks, and then Put under them without blocking.
-func (c *Committer) WaitRoom(n int) error {
+// pendingBytes is what batches not yet applied hold: the admission gate's
+// back-pressure measure.
+func (c *Committer) pendingBytes() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.starved++
-	for c.pending > 0 && c.pending+int64(n) > c.maxPending && c.err == nil && !c.closing {
-		c.kick.Signal() // lingering batches must go now
-		c.changed.Wait()
-	}
-	c.starved--
+	return c.pending
+}
+
+// failed returns the error that stops the committer, if any.
+func (c *Committer) failed() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.errLocked()
+}
+
+// setWaiting tells the committer how many writers wait for room: while
+// any do, lingering batches are proposed at once.
+func (c *Committer) setWaiting(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.starved = n
+	if n > 0 {
+		c.kick.Signal()
+	}
 }
 
 func (c *Committer) errLocked() error {
@@ -308,11 +325,13 @@ func (c *Committer) run() {
 			c.err = err
 			c.changed.Broadcast()
 			c.mu.Unlock()
+			c.onChange()
 			return
 		}
 		c.done = b.seq
 		c.changed.Broadcast()
 		c.mu.Unlock()
+		c.onChange()
 	}
 }
 
@@ -371,6 +390,7 @@ func (c *Committer) Close() error {
 	c.changed.Broadcast()
 	c.kick.Signal()
 	c.mu.Unlock()
+	c.onChange()
 	c.timer.Stop()
 	<-c.stopped
 	c.mu.Lock()

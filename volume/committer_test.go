@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
 )
 
 // gate is a propose function the test releases one entry at a time.
@@ -43,7 +44,7 @@ func blockPut(ino, b uint64, fill byte) blockstore.Entry {
 
 func TestCommitterGroupCommit(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
+	c := NewCommitter(g.propose, 4<<20, time.Millisecond, nil)
 	defer func() { go func() { g.release <- nil }(); c.Close() }()
 
 	first, _ := c.Put(blockPut(1, 0, 1))
@@ -87,7 +88,7 @@ func TestCommitterGroupCommit(t *testing.T) {
 
 func TestCommitterBarrierAndOverlay(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
+	c := NewCommitter(g.propose, 4<<20, time.Millisecond, nil)
 	defer c.Close()
 	seq, _ := c.Put(blockPut(1, 0, 7))
 	var done atomic.Bool
@@ -108,7 +109,7 @@ func TestCommitterBarrierAndOverlay(t *testing.T) {
 
 func TestCommitterCoalescesRewrites(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 4<<20, 64<<20, time.Millisecond)
+	c := NewCommitter(g.propose, 4<<20, time.Millisecond, nil)
 	defer c.Close()
 	c.Put(blockPut(1, 0, 1)) // in flight
 	time.Sleep(10 * time.Millisecond)
@@ -129,10 +130,23 @@ func TestCommitterCoalescesRewrites(t *testing.T) {
 	}
 }
 
+// testGate is the admission gate over committer c, bounding its pending
+// bytes at maxPending (and nothing else that binds).
+func testGate(t *testing.T, c **Committer, propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *admission {
+	t.Helper()
+	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
+	a := newAdmission(t.TempDir(), Options{ReserveBytes: 1, MaxPending: maxPending, NoFlush: true}, store, func() {})
+	*c = NewCommitter(propose, maxBatch, linger, a.changed)
+	a.commit = *c
+	a.checkDisk()
+	return a
+}
+
 func TestCommitterBackPressure(t *testing.T) {
 	g := newGate()
 	limit := int64(4 * (bs + 40))
-	c := NewCommitter(g.propose, 1<<20, limit, time.Millisecond)
+	var c *Committer
+	gate := testGate(t, &c, g.propose, 1<<20, limit, time.Millisecond)
 	defer func() {
 		go func() {
 			for range 10 {
@@ -142,13 +156,13 @@ func TestCommitterBackPressure(t *testing.T) {
 		c.Close()
 	}()
 	for i := range 4 {
-		if err := c.WaitRoom(bs); err != nil {
+		if err := gate.Wait(bs); err != nil {
 			t.Fatal(err)
 		}
 		c.Put(blockPut(1, uint64(i), 1))
 	}
 	var through atomic.Bool
-	go func() { c.WaitRoom(bs); through.Store(true) }()
+	go func() { gate.Wait(bs); through.Store(true) }()
 	time.Sleep(20 * time.Millisecond)
 	if through.Load() {
 		t.Fatal("a writer got room while pending bytes were at the limit")
@@ -159,7 +173,7 @@ func TestCommitterBackPressure(t *testing.T) {
 
 func TestCommitterRetriesTransientErrors(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 1<<30, time.Millisecond)
+	c := NewCommitter(g.propose, 1<<20, time.Millisecond, nil)
 	defer c.Close()
 	seq, _ := c.Put(blockPut(1, 0, 1))
 	var done atomic.Bool
@@ -181,7 +195,7 @@ func TestCommitterRetriesTransientErrors(t *testing.T) {
 
 func TestCommitterPermanentError(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 1<<30, time.Millisecond)
+	c := NewCommitter(g.propose, 1<<20, time.Millisecond, nil)
 	seq, _ := c.Put(blockPut(1, 0, 1))
 	g.release <- permanentError{errors.New("log closed")}
 	if err := c.Wait(seq); err == nil {
@@ -215,18 +229,19 @@ func TestCommitterLazyPuts(t *testing.T) {
 		linger     time.Duration
 		maxBatch   int
 		maxPending int64
-		trigger    func(c *Committer, seq uint64)
+		trigger    func(c *Committer, gate *admission, seq uint64)
 	}{
-		{"wait", never, 1 << 20, 1 << 30, func(c *Committer, seq uint64) { go c.Wait(seq) }},
-		{"urgent put", never, 1 << 20, 1 << 30, func(c *Committer, _ uint64) { c.Put(blockPut(1, 1, 1)) }},
+		{"wait", never, 1 << 20, 1 << 30, func(c *Committer, _ *admission, seq uint64) { go c.Wait(seq) }},
+		{"urgent put", never, 1 << 20, 1 << 30, func(c *Committer, _ *admission, _ uint64) { c.Put(blockPut(1, 1, 1)) }},
 		{"linger", 50 * time.Millisecond, 1 << 20, 1 << 30, nil},
-		{"full batch", never, entry, 1 << 30, func(c *Committer, _ uint64) { c.PutLazy(blockPut(1, 1, 1)) }},
-		{"back-pressure", never, 1 << 20, int64(entry), func(c *Committer, _ uint64) { go c.WaitRoom(entry) }},
+		{"full batch", never, entry, 1 << 30, func(c *Committer, _ *admission, _ uint64) { c.PutLazy(blockPut(1, 1, 1)) }},
+		{"back-pressure", never, 1 << 20, int64(entry), func(_ *Committer, gate *admission, _ uint64) { go gate.Wait(entry) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var proposed atomic.Int32
-			c := NewCommitter(func([]byte) error { proposed.Add(1); return nil }, tt.maxBatch, tt.maxPending, tt.linger)
+			var c *Committer
+			gate := testGate(t, &c, func([]byte) error { proposed.Add(1); return nil }, tt.maxBatch, tt.maxPending, tt.linger)
 			defer c.Close()
 			seq, err := c.PutLazy(blockPut(1, 0, 1))
 			if err != nil {
@@ -237,7 +252,7 @@ func TestCommitterLazyPuts(t *testing.T) {
 				if n := proposed.Load(); n != 0 {
 					t.Fatalf("lazy batch proposed %d times with nothing asking for it", n)
 				}
-				tt.trigger(c, seq)
+				tt.trigger(c, gate, seq)
 			}
 			waitFor(t, func() bool { _, done := c.Stats(); return done >= seq })
 		})

@@ -105,7 +105,7 @@ func TestLongNamesRefusedAtEveryEntryPoint(t *testing.T) {
 // checked: a bad put fails its Put, never the commit.
 func TestCommitterRefusesUnencodablePuts(t *testing.T) {
 	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 1<<30, 0)
+	c := NewCommitter(g.propose, 1<<20, 0, nil)
 	defer func() { close(g.release); c.Close() }()
 	bad := []blockstore.Entry{
 		{Key: blockstore.DirentKey(1, 1, strings.Repeat("x", 256))},

@@ -120,6 +120,7 @@ type Volume struct {
 	fsm    *fsm
 	log    *raftwal.Node
 	commit *Committer
+	gate   *admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
 	nextIno atomic.Uint64
 
@@ -141,9 +142,6 @@ type Volume struct {
 	pubSeq     uint64      // the LSN the last manifest was published at
 	lastFrozen *frozen     // the last freeze: the state manifests describe
 	retired    []retired
-	full       atomic.Bool
-	freeBytes  atomic.Int64 // at the last statfs
-	accepted   atomic.Int64 // bytes accepted since the last statfs
 	flushKick  chan struct{}
 	flushErr   atomic.Pointer[string]
 	stop       chan struct{}
@@ -337,8 +335,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		return nil, fmt.Errorf("volume %s: %w", dir, h)
 	}
 	v.nextIno.Store(v.fsm.inoHighWater())
-	v.checkDisk()
-	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.MaxPending, opts.Linger)
+	v.gate = newAdmission(dir, opts, v.store, v.kickFlush)
+	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.Linger, v.gate.changed)
+	v.gate.commit = v.commit
+	v.gate.checkDisk()
 	v.wg.Add(1)
 	go v.diskWatcher()
 	if !opts.NoFlush {
@@ -371,6 +371,14 @@ func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (obj
 	}
 	ds, err := objstore.NewDirStore(objDir)
 	return ds, nil, err
+}
+
+// kickFlush asks the flusher to look now (the memtable bound holds writers).
+func (v *Volume) kickFlush() {
+	select {
+	case v.flushKick <- struct{}{}:
+	default:
+	}
 }
 
 func (v *Volume) propose(data []byte) error {
@@ -483,78 +491,6 @@ func (v *Volume) Unmount(f *BranchFS) error {
 	return err
 }
 
-// admit reports whether n more bytes of changes fit on the data dir's disk.
-// Accepted changes need room twice before they are safe to forget: in the
-// log now, and in a layer when the memtable is flushed (only then is the log
-// truncated). So the disk must hold the reserve, everything not yet flushed
-// and n; a write that does not fit gets ENOSPC before it is accepted.
-func (v *Volume) admit(n int) bool {
-	acc := v.accepted.Add(int64(n))
-	if v.freeBytes.Load()-acc < v.diskNeed() {
-		v.checkDisk()
-		return !v.full.Load()
-	}
-	return true
-}
-
-// waitFlushRoom blocks writers while the memtable is over MaxUnflushed:
-// the object store is behind (or away), and the log should not grow
-// without bound. Writers resume as soon as a flush lands.
-func (v *Volume) waitFlushRoom() {
-	if active, frozen := v.store.MemBytes(); active+frozen <= v.opts.MaxUnflushed || v.opts.NoFlush {
-		return
-	}
-	start := time.Now()
-	slog.Warn("memtable over its bound: writes wait for a flush to the object store", "bound_bytes", v.opts.MaxUnflushed)
-	for {
-		select {
-		case v.flushKick <- struct{}{}:
-		default:
-		}
-		time.Sleep(50 * time.Millisecond)
-		active, frozen := v.store.MemBytes()
-		if active+frozen <= v.opts.MaxUnflushed {
-			slog.Info("memtable back under its bound: writes resume", "waited", time.Since(start).Round(time.Millisecond))
-			return
-		}
-		select {
-		case <-v.stop:
-			return
-		default:
-		}
-	}
-}
-
-// diskNeed is the free space the data dir must keep: the reserve, room to
-// write everything unflushed once more (as a layer or a snapshot), and the
-// log's headroom, since it grows a whole segment at a time.
-func (v *Volume) diskNeed() int64 {
-	active, frozen := v.store.MemBytes()
-	var pending int64
-	if v.commit != nil {
-		pending, _ = v.commit.Stats()
-	}
-	return v.opts.ReserveBytes + active + frozen + pending + raftwal.HeadroomBytes
-}
-
-func (v *Volume) checkDisk() {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(v.dir, &st); err != nil {
-		return
-	}
-	free := int64(st.Bavail) * int64(st.Bsize)
-	v.freeBytes.Store(free)
-	v.accepted.Store(0)
-	full := free < v.diskNeed()
-	if full != v.full.Swap(full) {
-		if full {
-			slog.Error("disk nearly full: refusing writes with ENOSPC", "dir", v.dir, "free_bytes", free, "reserve_bytes", v.opts.ReserveBytes)
-		} else {
-			slog.Info("disk space recovered: accepting writes", "dir", v.dir, "free_bytes", free)
-		}
-	}
-}
-
 func (v *Volume) diskWatcher() {
 	defer v.wg.Done()
 	t := time.NewTicker(250 * time.Millisecond)
@@ -564,7 +500,7 @@ func (v *Volume) diskWatcher() {
 		case <-v.stop:
 			return
 		case <-t.C:
-			v.checkDisk()
+			v.gate.checkDisk()
 		}
 	}
 }
@@ -624,6 +560,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 }
 
 func (v *Volume) flushLocked(ctx context.Context) error {
+	defer v.gate.changed() // the memtable shrank, or writers look again at why not
 	_, resp, err := v.log.Apply(encodeFreeze(now()))
 	if err != nil {
 		return fmt.Errorf("freeze memtable: %w", err)
@@ -725,7 +662,7 @@ type Status struct {
 
 // Status reports the volume's state.
 func (v *Volume) Status(ctx context.Context) (Status, error) {
-	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.full.Load(), Flushing: v.flushing.Load()}
+	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.gate.full.Load(), Flushing: v.flushing.Load()}
 	v.mu.Lock()
 	for _, m := range v.mounts {
 		st.Mounted = append(st.Mounted, m.name)
@@ -775,6 +712,7 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 // next open replays little), and releases the volume.
 func (v *Volume) Close() error {
 	cerr := v.commit.Close()
+	v.gate.close()
 	close(v.stop)
 	v.wg.Wait()
 	if cerr == nil && !v.opts.NoFlush {
