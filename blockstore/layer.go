@@ -18,6 +18,10 @@ import (
 	"github.com/klauspost/compress/s2"
 )
 
+// LayerFormat is the layer format this package writes, and the newest it
+// reads: a layer of a higher format is refused, not half-read.
+const LayerFormat = 2
+
 // A layer object holds the versions of a set of keys written by the LSNs in
 // (MinLSN, MaxLSN]. It is written once by EncodeLayer and never modified.
 // All integers are big-endian, like the key encoding. Layout:
@@ -63,7 +67,7 @@ import (
 //	64 crc32c of bytes 0..64 u32
 const (
 	layerMagic         = "NEONLYR1"
-	layerFormatVersion = 2
+	layerFormatVersion = LayerFormat
 	layerFooterLen     = 68
 
 	layerVersionHeaderLen = 8 + 1 + 4

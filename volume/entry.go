@@ -15,6 +15,11 @@ import (
 // then the proposer's wall-clock time (so an LSN can be found for a time).
 const entryFormat = 1
 
+// entryVersion is the entry vocabulary this binary writes and reads
+// (recorded in formats.json): 1 has types 1-5, 2 adds entryPutsS2. A new
+// entry type raises it.
+const entryVersion = 2
+
 type entryType uint8
 
 const (

@@ -288,6 +288,15 @@ type fsmSnapshot struct {
 	store  *blockstore.Capture
 }
 
+// The snapshot header starts with snapshotMagic, whose last digit is its
+// version. Version 0 had no magic: it began with the inode mark (a
+// uvarint), which can never read as "NEONFSM" followed by a digit, since
+// the tree length after the mark is followed by the JSON tree's '{'.
+const (
+	snapshotMagic   = "NEONFSM1"
+	snapshotVersion = 1
+)
+
 // header encodes what a snapshot holds besides the store: the inode
 // high-water mark, the branch tree and the timeline.
 func (f *fsm) header() (hdr, tree []byte, err error) {
@@ -297,6 +306,7 @@ func (f *fsm) header() (hdr, tree []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	hdr = append(hdr, snapshotMagic...)
 	hdr = binary.AppendUvarint(hdr, f.maxIno)
 	hdr = binary.AppendUvarint(hdr, uint64(len(tree)))
 	hdr = append(hdr, tree...)
@@ -345,6 +355,9 @@ func (s *fsmSnapshot) Release() {}
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 1<<20)
+	if err := readSnapshotMagic(br); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
 	maxIno, err := binary.ReadUvarint(br)
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
@@ -381,4 +394,19 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.applied.Store(max(f.applied.Load(), f.store.Applied()))
 	f.mu.Unlock()
 	return nil
+}
+
+// readSnapshotMagic consumes the header's magic, refusing a version this
+// binary does not know; a version 0 header (no magic) is left unread.
+func readSnapshotMagic(br *bufio.Reader) error {
+	prefix := snapshotMagic[:len(snapshotMagic)-1]
+	b, err := br.Peek(len(snapshotMagic))
+	if err != nil || string(b[:len(prefix)]) != prefix {
+		return nil // version 0, or too short for anything: the fields below fail
+	}
+	if v := b[len(prefix)]; v < '1' || v > '0'+snapshotVersion {
+		return fmt.Errorf("FSM snapshot format %c is unknown to this binary (written by a newer neonfs?)", v)
+	}
+	_, err = br.Discard(len(snapshotMagic))
+	return err
 }

@@ -1,14 +1,21 @@
 package volume
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/objstore"
 )
 
 // A name over NAME_MAX is refused at every entry point with ENAMETOOLONG,
@@ -266,5 +273,78 @@ func TestUndecodableEntryStopsVolume(t *testing.T) {
 				t.Errorf("data before the halt: %q", got)
 			}
 		})
+	}
+}
+
+// A volume recording a format newer than this binary's is refused on open,
+// naming the format; an older record is raised to this binary's.
+func TestFormatRecord(t *testing.T) {
+	dir := testVolume(t)
+	b, err := os.ReadFile(filepath.Join(dir, formatsFile))
+	if err != nil {
+		t.Fatalf("no format record after init: %v", err)
+	}
+	var rec Formats
+	if err := json.Unmarshal(b, &rec); err != nil || rec != written {
+		t.Fatalf("record %s (%v), want %+v", b, err, written)
+	}
+	newer := written
+	newer.Entries = written.Entries + 1
+	newer.Snapshots = written.Snapshots + 5
+	j, _ := json.Marshal(newer)
+	if err := os.WriteFile(filepath.Join(dir, formatsFile), j, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(context.Background(), dir, Options{ReserveBytes: 1})
+	for _, want := range []string{"newer neonfs", fmt.Sprintf("log entries format %d", newer.Entries), fmt.Sprintf("FSM snapshots format %d", newer.Snapshots)} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("open: %v; want an error containing %q", err, want)
+		}
+	}
+	// A record from before formats.json existed: raised, and the volume opens.
+	os.Remove(filepath.Join(dir, formatsFile))
+	v, _ := open(t, dir, Options{})
+	v.Close()
+	b, _ = os.ReadFile(filepath.Join(dir, formatsFile))
+	if err := json.Unmarshal(b, &rec); err != nil || rec != written {
+		t.Fatalf("record after reopen %s (%v), want %+v", b, err, written)
+	}
+}
+
+// A snapshot header or manifest of a newer format is refused by name.
+func TestNewerSnapshotAndManifestRefused(t *testing.T) {
+	f := newFSM(nil)
+	hdr := []byte("NEONFSM7 rest")
+	err := f.Restore(io.NopCloser(bytes.NewReader(hdr)))
+	if err == nil || !strings.Contains(err.Error(), "FSM snapshot format 7 is unknown") {
+		t.Errorf("restore of a format 7 snapshot: %v", err)
+	}
+	m := encodeManifest(Manifest{Gen: 1, Seq: 1, LSN: 1})
+	m[len(manifestMagic)-1] = '3'
+	if _, err := decodeManifest("manifests/x", m); err == nil || !strings.Contains(err.Error(), "format 3 is unknown") {
+		t.Errorf("decode of a format 3 manifest: %v", err)
+	}
+}
+
+// Snapshots written before the header had a version (no magic) still
+// restore.
+func TestVersionZeroSnapshotRestores(t *testing.T) {
+	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
+	f := newFSM(store)
+	f.maxIno = 4242
+	hdr, _, err := f.header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := writeSnapshot(&buf, hdr[len(snapshotMagic):], store.Capture()); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM(blockstore.NewStore(objstore.NewMemStore(), 1<<20))
+	if err := g.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatalf("restore a version 0 snapshot: %v", err)
+	}
+	if g.inoHighWater() != 4242 {
+		t.Errorf("inode mark %d, want 4242", g.inoHighWater())
 	}
 }

@@ -34,6 +34,9 @@ import (
 const (
 	manifestDir   = "manifests/"
 	manifestMagic = "NEONMAN1"
+	// manifestVersion is the digit ending manifestMagic; a newer manifest
+	// ("NEONMAN2") is refused by name, not taken for damage.
+	manifestVersion = 1
 )
 
 var manifestCRC = crc32.MakeTable(crc32.Castagnoli)
@@ -86,6 +89,10 @@ func decodeManifest(name string, b []byte) (Manifest, error) {
 	var m Manifest
 	bad := func(what string) error {
 		return fmt.Errorf("manifest %s: %s: %w", name, what, objstore.ErrCorrupt)
+	}
+	if len(b) >= len(manifestMagic) && string(b[:len(manifestMagic)-1]) == manifestMagic[:len(manifestMagic)-1] &&
+		b[len(manifestMagic)-1] > '0'+manifestVersion && b[len(manifestMagic)-1] <= '9' {
+		return m, fmt.Errorf("manifest %s: format %c is unknown to this binary (written by a newer neonfs?)", name, b[len(manifestMagic)-1])
 	}
 	if len(b) < len(manifestMagic)+4 || string(b[:len(manifestMagic)]) != manifestMagic {
 		return m, bad("not a manifest")

@@ -307,6 +307,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkFormats(dir); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	objects, cache, err := openObjects(ctx, dir, cfg, opts)
 	if err != nil {
 		lock.Close()
