@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
@@ -128,4 +129,20 @@ func Unmarshal(b []byte) (*Tree, error) {
 		return nil, fmt.Errorf("decode branch tree: no root branch")
 	}
 	return &t, nil
+}
+
+// CheckDeletable says why b cannot be deleted: it is the root of the
+// volume, or has children (they read through it).
+func (tree *Tree) CheckDeletable(b *Branch) error {
+	if b.Parent == 0 {
+		return fmt.Errorf("branch %q is the root of the volume and cannot be deleted", b.Name)
+	}
+	if kids := tree.Children(b.ID); len(kids) > 0 {
+		names := make([]string, len(kids))
+		for i, k := range kids {
+			names[i] = k.Name
+		}
+		return fmt.Errorf("branch %q has child branches (%s): delete them first", b.Name, strings.Join(names, ", "))
+	}
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/snapshot"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // BranchInfo describes a branch for listings.
@@ -86,8 +87,8 @@ func (v *Volume) resolvePoint(point string, b *snapshot.Branch) (uint64, error) 
 	if err != nil {
 		return 0, err
 	}
-	tl := v.fsm.timelineClone()
-	applied := max(v.fsm.applied.Load(), v.store.Applied())
+	tl := v.fsm.TimelineClone()
+	applied := max(v.fsm.Applied(), v.store.Applied())
 	if lsn == 0 {
 		if t.After(now) {
 			return 0, fmt.Errorf("point %s is in the future", t.UTC().Format(time.RFC3339))
@@ -113,8 +114,8 @@ func (v *Volume) resolvePoint(point string, b *snapshot.Branch) (uint64, error) 
 }
 
 // applyBranchOp logs op and returns the branch ID the FSM answered with.
-func (v *Volume) applyBranchOp(op branchOp) (uint32, error) {
-	data, err := encodeJSON(entryBranch, now(), op)
+func (v *Volume) applyBranchOp(op fsm.BranchOp) (uint32, error) {
+	data, err := fsm.EncodeBranch(now(), op)
 	if err != nil {
 		return 0, err
 	}
@@ -135,7 +136,7 @@ func (v *Volume) applyBranchOp(op branchOp) (uint32, error) {
 // (those holding PG_VERSION) visible through lineage. A branch of a
 // running database carries its parent's pid file; Postgres on the branch
 // would see the parent postmaster alive and refuse to start.
-func (v *Volume) stalePidFiles(ctx context.Context, lineage []blockstore.ReadPoint) ([]direntRef, error) {
+func (v *Volume) stalePidFiles(ctx context.Context, lineage []blockstore.ReadPoint) ([]fsm.DirentRef, error) {
 	if lineage[0].MaxLSN == math.MaxUint64 {
 		if m := v.writer(lineage[0].Branch); m != nil {
 			// The live namespace is in memory: no need to scan the block map.
@@ -143,21 +144,21 @@ func (v *Volume) stalePidFiles(ctx context.Context, lineage []blockstore.ReadPoi
 		}
 	}
 	pg := map[uint64]bool{}
-	var pids []direntRef
+	var pids []fsm.DirentRef
 	err := v.store.ScanLatest(ctx, lineage, blockstore.Key{Kind: blockstore.KindDirent}, blockstore.Key{Kind: blockstore.KindInode},
 		func(e blockstore.Entry) error {
 			switch e.Key.Name {
 			case "PG_VERSION":
 				pg[e.Key.Ino] = true
 			case "postmaster.pid":
-				pids = append(pids, direntRef{Dir: e.Key.Ino, Name: e.Key.Name})
+				pids = append(pids, fsm.DirentRef{Dir: e.Key.Ino, Name: e.Key.Name})
 			}
 			return nil
 		})
 	if err != nil {
 		return nil, fmt.Errorf("look for postmaster.pid: %w", err)
 	}
-	return slices.DeleteFunc(pids, func(r direntRef) bool { return !pg[r.Dir] }), nil
+	return slices.DeleteFunc(pids, func(r fsm.DirentRef) bool { return !pg[r.Dir] }), nil
 }
 
 // CreateBranch creates branch name from parent (default main) at point
@@ -172,7 +173,7 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 	}
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	if _, dup := tree.ByName(name); dup {
 		return BranchInfo{}, fmt.Errorf("branch %q already exists", name)
 	}
@@ -180,7 +181,7 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 	if !ok {
 		return BranchInfo{}, fmt.Errorf("no parent branch %q", parent)
 	}
-	op := branchOp{Op: opCreate, Name: name, Parent: p.ID}
+	op := fsm.BranchOp{Op: fsm.OpCreate, Name: name, Parent: p.ID}
 	readAt := uint64(math.MaxUint64)
 	if point != "" {
 		lsn, err := v.resolvePoint(point, p)
@@ -205,7 +206,7 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 		return BranchInfo{}, err
 	}
 	// A new branch owns nothing yet: skip counting every branch's bytes.
-	now := v.fsm.treeClone()
+	now := v.fsm.TreeClone()
 	info, err := v.describe(ctx, now, now.Branches[id], nil, false)
 	info.Depth = len(now.Lineage(p.ID, math.MaxUint64)) // the parent's ancestry, and the parent
 	return info, err
@@ -216,18 +217,18 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 func (v *Volume) DeleteBranch(ctx context.Context, name string) error {
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return fmt.Errorf("no branch %q", name)
 	}
-	if err := deletable(tree, b); err != nil {
+	if err := tree.CheckDeletable(b); err != nil {
 		return err
 	}
 	if err := v.notMounted(b); err != nil {
 		return err
 	}
-	_, err := v.applyBranchOp(branchOp{Op: opDelete, Name: name})
+	_, err := v.applyBranchOp(fsm.BranchOp{Op: fsm.OpDelete, Name: name})
 	return err
 }
 
@@ -262,7 +263,7 @@ func oldName(tree *snapshot.Tree, name string) string {
 func (v *Volume) ResetBranch(ctx context.Context, name string, preserve bool) (ReplaceResult, error) {
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return ReplaceResult{}, fmt.Errorf("no branch %q", name)
@@ -273,7 +274,7 @@ func (v *Volume) ResetBranch(ctx context.Context, name string, preserve bool) (R
 	if err := v.notMounted(b); err != nil {
 		return ReplaceResult{}, err
 	}
-	op := branchOp{Op: opReplace, Name: name}
+	op := fsm.BranchOp{Op: fsm.OpReplace, Name: name}
 	if preserve {
 		op.OldName = oldName(tree, name)
 	}
@@ -293,7 +294,7 @@ func (v *Volume) RestoreBranch(ctx context.Context, name, point string, preserve
 	}
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return ReplaceResult{}, fmt.Errorf("no branch %q", name)
@@ -305,7 +306,7 @@ func (v *Volume) RestoreBranch(ctx context.Context, name, point string, preserve
 	if err != nil {
 		return ReplaceResult{}, err
 	}
-	op := branchOp{Op: opReplace, Name: name, At: lsn, ParentIsOld: true}
+	op := fsm.BranchOp{Op: fsm.OpReplace, Name: name, At: lsn, ParentIsOld: true}
 	if preserve {
 		op.OldName = oldName(tree, name)
 	}
@@ -315,7 +316,7 @@ func (v *Volume) RestoreBranch(ctx context.Context, name, point string, preserve
 	return v.replace(ctx, op)
 }
 
-func (v *Volume) replace(ctx context.Context, op branchOp) (ReplaceResult, error) {
+func (v *Volume) replace(ctx context.Context, op fsm.BranchOp) (ReplaceResult, error) {
 	id, err := v.applyBranchOp(op)
 	if err != nil {
 		return ReplaceResult{}, err
@@ -327,7 +328,7 @@ func (v *Volume) replace(ctx context.Context, op branchOp) (ReplaceResult, error
 // ListBranches describes every branch, in tree order (each parent before
 // its children).
 func (v *Volume) ListBranches(ctx context.Context) ([]BranchInfo, error) {
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	var order []*snapshot.Branch
 	depth := map[uint32]int{}
 	var walk func(b *snapshot.Branch, d int)
@@ -357,7 +358,7 @@ func (v *Volume) ListBranches(ctx context.Context) ([]BranchInfo, error) {
 }
 
 func (v *Volume) branchInfo(ctx context.Context, id uint32, sizes bool) (BranchInfo, error) {
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b := tree.Branches[id]
 	if b == nil {
 		return BranchInfo{}, fmt.Errorf("branch %d vanished", id)
@@ -376,7 +377,7 @@ func (v *Volume) describe(ctx context.Context, tree *snapshot.Tree, b *snapshot.
 	if p := tree.Branches[b.Parent]; p != nil {
 		info.Parent = p.Name
 		info.ForkLSN = b.ForkLSN
-		if t, ok := v.fsm.timeOf(b.ForkLSN); ok {
+		if t, ok := v.fsm.TimeOf(b.ForkLSN); ok {
 			info.ForkTime = &t
 		}
 	}
@@ -527,7 +528,7 @@ func sameValue(x, y blockstore.Version, okX, okY bool) bool {
 
 // Diff compares branches a and b at their latest committed states.
 func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	ba, ok := tree.ByName(a)
 	if !ok {
 		return Diff{}, fmt.Errorf("no branch %q", a)
@@ -537,7 +538,7 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 		return Diff{}, fmt.Errorf("no branch %q", b)
 	}
 	linA, linB := tree.Lineage(ba.ID, math.MaxUint64), tree.Lineage(bb.ID, math.MaxUint64)
-	applied := max(v.fsm.applied.Load(), v.store.Applied())
+	applied := max(v.fsm.Applied(), v.store.Applied())
 	for _, lin := range [][]blockstore.ReadPoint{linA, linB} {
 		lin[0].MaxLSN = applied // a live branch reads up to what is applied
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/volume/commit"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 const bs = blockstore.BlockSize
@@ -152,10 +154,10 @@ func (f *BranchFS) Name() string { return f.name }
 
 // pidFiles lists postmaster.pid entries of Postgres data directories
 // (those holding PG_VERSION) in the live namespace.
-func (f *BranchFS) pidFiles() []direntRef {
+func (f *BranchFS) pidFiles() []fsm.DirentRef {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []direntRef
+	var out []fsm.DirentRef
 	for ino, n := range f.nodes {
 		if n.children == nil {
 			continue
@@ -164,7 +166,7 @@ func (f *BranchFS) pidFiles() []direntRef {
 			continue
 		}
 		if _, ok := n.children["postmaster.pid"]; ok {
-			out = append(out, direntRef{Dir: ino, Name: "postmaster.pid"})
+			out = append(out, fsm.DirentRef{Dir: ino, Name: "postmaster.pid"})
 		}
 	}
 	return out
@@ -234,7 +236,7 @@ func (f *BranchFS) logAttrLocked(n *node, puts ...blockstore.Entry) syscall.Errn
 // logWith puts the change, urgent or lingering (Committer.Put, PutLazy),
 // and marks the nodes; data says whether fdatasync waits for it.
 func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
-	seq, err := f.vol.commit.put(urgent, puts)
+	seq, err := f.vol.commit.Submit(urgent, puts)
 	if errors.Is(err, blockstore.ErrNameTooLong) {
 		return syscall.ENAMETOOLONG // callers check names first; this is the last line
 	}
@@ -257,7 +259,7 @@ func (f *BranchFS) begin(bytes int) syscall.Errno {
 	if f.readOnly {
 		return syscall.EROFS
 	}
-	return admitErrno(f.vol.gate.Wait(bytes))
+	return commit.Errno(f.vol.gate.Wait(bytes))
 }
 
 // GetAttr returns an inode's attributes.
@@ -648,7 +650,7 @@ func (f *BranchFS) blocksIn(ino, first, last uint64) ([]uint64, syscall.Errno) {
 	}
 	from, to := blockstore.BlockKey(f.branch, ino, first), blockstore.BlockKey(f.branch, ino, last)
 	set := make(map[uint64]struct{})
-	for _, k := range f.vol.commit.keysIn(from, to) {
+	for _, k := range f.vol.commit.KeysIn(from, to) {
 		set[k.Block] = struct{}{}
 	}
 	err := f.vol.store.ScanLatest(context.Background(), f.lineage, from, to, func(e blockstore.Entry) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/durable"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // Formats are the on-disk formats a binary writes. Each only grows: a
@@ -27,7 +28,7 @@ type Formats struct {
 }
 
 // written is what this binary writes (and the most it reads).
-var written = Formats{Entries: entryVersion, Layers: blockstore.LayerFormat, Snapshots: snapshotVersion, Manifests: manifestVersion}
+var written = Formats{Entries: fsm.EntryVersion, Layers: blockstore.LayerFormat, Snapshots: fsm.SnapshotVersion, Manifests: manifestVersion}
 
 const formatsFile = "formats.json"
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // Compaction and garbage collection. After each flush the flusher merges
@@ -61,10 +62,10 @@ type GCResult struct {
 
 // retain computes what merges must keep now.
 func (v *Volume) retain() *blockstore.Retain {
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	r := &blockstore.Retain{Pins: make(map[uint32][]uint64), Live: make(map[uint32]bool)}
 	slack := min(retentionSlack, v.retention/10)
-	if h, err := v.fsm.lsnAt(time.Now().Add(-v.retention - slack)); err == nil {
+	if h, err := v.fsm.LSNAt(time.Now().Add(-v.retention - slack)); err == nil {
 		r.Horizon = h
 	}
 	pin := func(lineage []blockstore.ReadPoint) {
@@ -112,7 +113,7 @@ func mayDrop(layers []blockstore.LayerMeta, name string, r *blockstore.Retain) b
 // readDepth is the worst case of layers consulted by one read, over all
 // branches.
 func (v *Volume) readDepth() int {
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	worst := 0
 	for id := range tree.Branches {
 		worst = max(worst, v.store.ReadDepth(tree.Lineage(id, math.MaxUint64)))
@@ -192,7 +193,7 @@ func (v *Volume) compactLocked(ctx context.Context, full bool, progress func(str
 		if err != nil {
 			return res, fmt.Errorf("merge %d layers: %w", len(run), err)
 		}
-		b, err := encodeJSON(entryMerge, now(), mergeOp{Remove: run, Add: meta})
+		b, err := fsm.EncodeMerge(now(), fsm.MergeOp{Remove: run, Add: meta})
 		if err != nil {
 			return res, err
 		}

@@ -1,12 +1,10 @@
 package volume
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // A name over NAME_MAX is refused at every entry point with ENAMETOOLONG,
@@ -108,31 +106,6 @@ func TestLongNamesRefusedAtEveryEntryPoint(t *testing.T) {
 	}
 }
 
-// The committer refuses what the log cannot hold, whatever the caller
-// checked: a bad put fails its Put, never the commit.
-func TestCommitterRefusesUnencodablePuts(t *testing.T) {
-	g := newGate()
-	c := NewCommitter(g.propose, 1<<20, 0, nil)
-	defer func() { close(g.release); c.Close() }()
-	bad := []blockstore.Entry{
-		{Key: blockstore.DirentKey(1, 1, strings.Repeat("x", 256))},
-		{Key: blockstore.Key{Branch: 1, Kind: 9, Ino: 1}},
-		{Key: blockstore.BlockKey(1, 1, 1), Version: blockstore.Version{Value: blockstore.Value{Kind: 7}}},
-		{Key: blockstore.BlockKey(1, 1, 1), Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone, Data: []byte{1}}}},
-	}
-	for _, e := range bad {
-		if _, err := c.Put(e); err == nil {
-			t.Errorf("Put(%v, kind %d) accepted", e.Key, e.Value.Kind)
-		}
-	}
-	if _, err := c.Put(bad[0]); !errors.Is(err, blockstore.ErrNameTooLong) {
-		t.Errorf("long name: %v, want ErrNameTooLong", err)
-	}
-	if n := g.count(); n != 0 {
-		t.Errorf("%d entries proposed", n)
-	}
-}
-
 // Sizes past ext4's limit get EFBIG; a write crossing it is cut short; a
 // sparse file of terabytes truncates without a put per block.
 func TestFileSizeLimits(t *testing.T) {
@@ -206,9 +179,11 @@ func TestUndecodableEntryStopsVolume(t *testing.T) {
 		entry []byte
 		cause string
 	}{
-		{"unknown type", append(appendHeader(nil, 99, now()), "future"...), "entry type 99 is unknown"},
-		{"unknown format", []byte{7, byte(entryPuts), 0, 0}, "entry format 7 is unknown"},
-		{"damaged puts", append(appendHeader(nil, entryPuts, now()), 1, 0, 0, 0, 1, 1), "malformed log entry"},
+		// Format 1, type 99, time 0, a body.
+		{"unknown type", []byte{1, 99, 0, 'f', 'u', 't', 'u', 'r', 'e'}, "entry type 99 is unknown"},
+		{"unknown format", []byte{7, 1, 0, 0}, "entry format 7 is unknown"},
+		// Format 1, puts, time 0, one put whose key is cut short.
+		{"damaged puts", []byte{1, 1, 0, 1, 0, 0, 0, 1, 1}, "malformed log entry"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := testVolume(t)
@@ -219,13 +194,13 @@ func TestUndecodableEntryStopsVolume(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var h *HaltError
+			var h *fsm.HaltError
 			if e, _ := resp.(error); !errors.As(e, &h) || h.LSN != bad {
-				t.Fatalf("response %v, want a HaltError at LSN %d", resp, bad)
+				t.Fatalf("response %v, want a fsm.HaltError at LSN %d", resp, bad)
 			}
 			// Writes after it fail and are not applied.
 			after := blockstore.InodeKey(1, 999)
-			data, err := encodePuts(now(), map[blockstore.Key]blockstore.Value{after: {Data: encodeAttr(Attr{Mode: syscall.S_IFREG})}}, 0)
+			data, err := fsm.EncodePuts(now(), map[blockstore.Key]blockstore.Value{after: {Data: encodeAttr(Attr{Mode: syscall.S_IFREG})}}, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -311,40 +286,11 @@ func TestFormatRecord(t *testing.T) {
 	}
 }
 
-// A snapshot header or manifest of a newer format is refused by name.
-func TestNewerSnapshotAndManifestRefused(t *testing.T) {
-	f := newFSM(nil)
-	hdr := []byte("NEONFSM7 rest")
-	err := f.Restore(io.NopCloser(bytes.NewReader(hdr)))
-	if err == nil || !strings.Contains(err.Error(), "FSM snapshot format 7 is unknown") {
-		t.Errorf("restore of a format 7 snapshot: %v", err)
-	}
+// A manifest of a newer format is refused by name.
+func TestNewerManifestRefused(t *testing.T) {
 	m := encodeManifest(Manifest{Gen: 1, Seq: 1, LSN: 1})
 	m[len(manifestMagic)-1] = '3'
 	if _, err := decodeManifest("manifests/x", m); err == nil || !strings.Contains(err.Error(), "format 3 is unknown") {
 		t.Errorf("decode of a format 3 manifest: %v", err)
-	}
-}
-
-// Snapshots written before the header had a version (no magic) still
-// restore.
-func TestVersionZeroSnapshotRestores(t *testing.T) {
-	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
-	f := newFSM(store)
-	f.maxIno = 4242
-	hdr, _, err := f.header()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := writeSnapshot(&buf, hdr[len(snapshotMagic):], store.Capture()); err != nil {
-		t.Fatal(err)
-	}
-	g := newFSM(blockstore.NewStore(objstore.NewMemStore(), 1<<20))
-	if err := g.Restore(io.NopCloser(&buf)); err != nil {
-		t.Fatalf("restore a version 0 snapshot: %v", err)
-	}
-	if g.inoHighWater() != 4242 {
-		t.Errorf("inode mark %d, want 4242", g.inoHighWater())
 	}
 }

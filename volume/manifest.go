@@ -16,6 +16,7 @@ import (
 
 	"github.com/neonfs/neonfs/durable"
 	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // A remote manifest publishes in the object store everything needed to
@@ -207,22 +208,22 @@ func replaceFileSync(path string, data []byte) error {
 // publish uploads a manifest of the state at fr (whose layers the store
 // now holds) as sequence seq, then deletes the manifests it supersedes.
 // It does nothing once another writer has taken the store over.
-func (v *Volume) publish(ctx context.Context, fr frozen, seq uint64) error {
+func (v *Volume) publish(ctx context.Context, fr fsm.Frozen, seq uint64) error {
 	if fenced, err := v.fenced(ctx); err != nil || fenced {
 		return err
 	}
 	var snap bytes.Buffer
-	if err := writeSnapshot(&snap, fr.header, v.store.LayerCapture(fr.lsn)); err != nil {
+	if err := fsm.WriteSnapshot(&snap, fr.Header, v.store.LayerCapture(fr.LSN)); err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
 	name := manifestName(v.gen, seq)
-	data := encodeManifest(Manifest{Gen: v.gen, Seq: seq, LSN: fr.lsn, Snapshot: snap.Bytes()})
+	data := encodeManifest(Manifest{Gen: v.gen, Seq: seq, LSN: fr.LSN, Snapshot: snap.Bytes()})
 	if err := v.store.Objects().Put(ctx, name, data); err != nil {
 		return fmt.Errorf("upload manifest %s: %w", name, err)
 	}
 	v.published.Store(&name)
 	v.pubSeq = seq
-	slog.Info("published manifest", "manifest", name, "lsn", fr.lsn, "layers", len(v.store.Layers()))
+	slog.Info("published manifest", "manifest", name, "lsn", fr.LSN, "layers", len(v.store.Layers()))
 	infos, err := v.store.Objects().List(ctx, manifestDir)
 	if err != nil {
 		return nil // stale manifests go next time

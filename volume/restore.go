@@ -15,6 +15,7 @@ import (
 	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/raftwal"
 	"github.com/neonfs/neonfs/snapshot"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // RestoreOptions name the object store to rebuild a volume from.
@@ -84,12 +85,13 @@ func Restore(ctx context.Context, dir string, o RestoreOptions) (RestoreResult, 
 		return res, err
 	}
 	// Decode it as the volume will, to fail now rather than at open.
-	f := newFSM(blockstore.NewStore(objs, 1<<20))
+	store := blockstore.NewStore(objs, 1<<20)
+	f := fsm.New(store, time.Now(), rootIno)
 	if err := f.Restore(io.NopCloser(bytes.NewReader(m.Snapshot))); err != nil {
 		return res, fmt.Errorf("manifest %s: %w", latest, err)
 	}
-	layers := f.store.Layers()
-	progress("manifest %s: LSN %d, %d layers, %d branches", latest, m.LSN, len(layers), len(f.tree.Branches))
+	layers := store.Layers()
+	progress("manifest %s: LSN %d, %d layers, %d branches", latest, m.LSN, len(layers), len(f.TreeClone().Branches))
 	present, err := objs.List(ctx, "layers/")
 	if err != nil {
 		return res, fmt.Errorf("list layers in %s: %w", where, err)
@@ -125,7 +127,7 @@ func Restore(ctx context.Context, dir string, o RestoreOptions) (RestoreResult, 
 	if err != nil {
 		return res, fmt.Errorf("open restored volume: %w", err)
 	}
-	res = RestoreResult{Manifest: latest, LSN: m.LSN, Layers: len(layers), Bytes: res.Bytes, Branches: v.fsm.treeClone().List()}
+	res = RestoreResult{Manifest: latest, LSN: m.LSN, Layers: len(layers), Bytes: res.Bytes, Branches: v.fsm.TreeClone().List()}
 	if err := v.Close(); err != nil {
 		return res, fmt.Errorf("close restored volume: %w", err)
 	}

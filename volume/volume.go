@@ -26,6 +26,8 @@ import (
 	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/raftwal"
 	"github.com/neonfs/neonfs/snapshot"
+	"github.com/neonfs/neonfs/volume/commit"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // Config is the volume's own description, written once by Init.
@@ -117,10 +119,10 @@ type Volume struct {
 	lock   *os.File
 	store  *blockstore.Store
 	cache  *objstore.CachedStore // in front of a remote store; nil for a local one
-	fsm    *fsm
+	fsm    *fsm.FSM
 	log    *raftwal.Node
-	commit *Committer
-	gate   *admission // the write path's one gate: disk space, back-pressure, the memtable bound
+	commit *commit.Committer
+	gate   *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
 	nextIno atomic.Uint64
 
@@ -140,7 +142,7 @@ type Volume struct {
 	flushing   atomic.Bool // a flush, merge or gc is running (for status)
 	pubState   string      // tree and layers of the last manifest
 	pubSeq     uint64      // the LSN the last manifest was published at
-	lastFrozen *frozen     // the last freeze: the state manifests describe
+	lastFrozen *fsm.Frozen // the last freeze: the state manifests describe
 	retired    []retired
 	flushKick  chan struct{}
 	flushErr   atomic.Pointer[string]
@@ -200,7 +202,7 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 	puts := map[blockstore.Key]blockstore.Value{
 		blockstore.InodeKey(snapshot.RootBranch, rootIno): {Data: encodeAttr(root)},
 	}
-	data, err := encodePuts(t, puts, 128)
+	data, err := fsm.EncodePuts(t, puts, 128)
 	if err == nil {
 		_, _, err = v.log.Apply(data)
 	}
@@ -326,23 +328,27 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		}
 		v.store.SetGeneration(v.gen)
 	}
-	v.fsm = newFSM(v.store)
+	v.fsm = fsm.New(v.store, time.Now(), rootIno)
 	v.log, err = raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, v.fsm)
 	if err != nil {
 		lock.Close()
 		return nil, err
 	}
-	if h := v.fsm.halted.Load(); h != nil && !opts.NoFlush {
+	if h := v.fsm.Halted(); h != nil && !opts.NoFlush {
 		// Inspection (status) may open a stopped volume; a writer may not.
 		v.log.Close()
 		lock.Close()
 		return nil, fmt.Errorf("volume %s: %w", dir, h)
 	}
-	v.nextIno.Store(v.fsm.inoHighWater())
-	v.gate = newAdmission(dir, opts, v.store, v.kickFlush)
-	v.commit = NewCommitter(v.propose, opts.MaxBatch, opts.Linger, v.gate.changed)
-	v.gate.commit = v.commit
-	v.gate.checkDisk()
+	v.nextIno.Store(v.fsm.InoHighWater())
+	limits := commit.Limits{ReserveBytes: opts.ReserveBytes, MaxPending: opts.MaxPending}
+	if !opts.NoFlush {
+		limits.MaxUnflushed = opts.MaxUnflushed
+	}
+	v.gate = commit.NewAdmission(dir, limits, v.store, v.kickFlush)
+	v.commit = commit.NewCommitter(v.propose, opts.MaxBatch, opts.Linger, v.gate.Changed)
+	v.gate.Attach(v.commit)
+	v.gate.CheckDisk()
 	v.wg.Add(1)
 	go v.diskWatcher()
 	if !opts.NoFlush {
@@ -388,13 +394,13 @@ func (v *Volume) kickFlush() {
 func (v *Volume) propose(data []byte) error {
 	_, resp, err := v.log.Apply(data)
 	if errors.Is(err, raftwal.ErrClosed) {
-		return permanentError{err}
+		return commit.PermanentError{Err: err}
 	}
 	if err != nil {
 		return err
 	}
 	if e, ok := resp.(error); ok {
-		return permanentError{e}
+		return commit.PermanentError{Err: e}
 	}
 	return nil
 }
@@ -405,14 +411,14 @@ func (v *Volume) allocIno() uint64 { return v.nextIno.Add(1) }
 func (v *Volume) Dir() string { return v.dir }
 
 // Branches returns the branch tree.
-func (v *Volume) Branches() *snapshot.Tree { return v.fsm.treeClone() }
+func (v *Volume) Branches() *snapshot.Tree { return v.fsm.TreeClone() }
 
 // Mount opens branch name for reading and writing. A branch is mounted
 // read-write at most once.
 func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return nil, fmt.Errorf("no branch %q", name)
@@ -435,7 +441,7 @@ func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
 func (v *Volume) MountAt(ctx context.Context, name, point string) (*BranchFS, error) {
 	v.branchMu.Lock()
 	defer v.branchMu.Unlock()
-	tree := v.fsm.treeClone()
+	tree := v.fsm.TreeClone()
 	b, ok := tree.ByName(name)
 	if !ok {
 		return nil, fmt.Errorf("no branch %q", name)
@@ -504,7 +510,7 @@ func (v *Volume) diskWatcher() {
 		case <-v.stop:
 			return
 		case <-t.C:
-			v.gate.checkDisk()
+			v.gate.CheckDisk()
 		}
 	}
 }
@@ -564,12 +570,12 @@ func (v *Volume) Flush(ctx context.Context) error {
 }
 
 func (v *Volume) flushLocked(ctx context.Context) error {
-	defer v.gate.changed() // the memtable shrank, or writers look again at why not
-	_, resp, err := v.log.Apply(encodeFreeze(now()))
+	defer v.gate.Changed() // the memtable shrank, or writers look again at why not
+	_, resp, err := v.log.Apply(fsm.EncodeFreeze(now()))
 	if err != nil {
 		return fmt.Errorf("freeze memtable: %w", err)
 	}
-	fr, ok := resp.(frozen)
+	fr, ok := resp.(fsm.Frozen)
 	if !ok {
 		return fmt.Errorf("freeze memtable: %v", resp)
 	}
@@ -578,7 +584,7 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 	var meta blockstore.LayerMeta
 	for {
 		start := time.Now()
-		meta, ok, err = v.store.WriteLayer(ctx, fr.lsn)
+		meta, ok, err = v.store.WriteLayer(ctx, fr.LSN)
 		if err == nil {
 			if ok {
 				slog.Info("flushed layer", "layer", meta.Name, "bytes", meta.Size, "keys", meta.Keys, "took", time.Since(start).Round(time.Millisecond))
@@ -597,9 +603,9 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
-	seq := fr.lsn
+	seq := fr.LSN
 	if ok {
-		b, err := encodeJSON(entryLayer, now(), meta)
+		b, err := fsm.EncodeLayer(now(), meta)
 		if err != nil {
 			return err
 		}
@@ -615,9 +621,9 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 
 // publishIfChanged publishes a manifest unless the last one already says
 // the same (same tree, same layers).
-func (v *Volume) publishIfChanged(ctx context.Context, fr frozen, seq uint64) error {
+func (v *Volume) publishIfChanged(ctx context.Context, fr fsm.Frozen, seq uint64) error {
 	var state strings.Builder
-	state.Write(fr.tree)
+	state.Write(fr.Tree)
 	for _, l := range v.store.Layers() {
 		state.WriteString("\n" + l.Name)
 	}
@@ -648,7 +654,7 @@ type Status struct {
 	LogBytes       int64              `json:"log_bytes"`
 	DiskFull       bool               `json:"disk_full"`
 	Flushing       bool               `json:"flushing"` // a flush, merge or gc is running
-	Commits        CommitStats        `json:"commits"`
+	Commits        commit.CommitStats `json:"commits"`
 	LastFlushError string             `json:"last_flush_error,omitempty"`
 	// ObjectStoreError says why the object store could not be listed.
 	ObjectStoreError string               `json:"object_store_error,omitempty"`
@@ -666,7 +672,7 @@ type Status struct {
 
 // Status reports the volume's state.
 func (v *Volume) Status(ctx context.Context) (Status, error) {
-	st := Status{Dir: v.dir, Branches: v.fsm.treeClone().List(), DiskFull: v.gate.full.Load(), Flushing: v.flushing.Load()}
+	st := Status{Dir: v.dir, Branches: v.fsm.TreeClone().List(), DiskFull: v.gate.Full(), Flushing: v.flushing.Load()}
 	v.mu.Lock()
 	for _, m := range v.mounts {
 		st.Mounted = append(st.Mounted, m.name)
@@ -706,7 +712,7 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	if p := v.flushErr.Load(); p != nil {
 		st.LastFlushError = *p
 	}
-	if h := v.fsm.halted.Load(); h != nil {
+	if h := v.fsm.Halted(); h != nil {
 		st.Stopped = h.Error()
 	}
 	return st, nil
@@ -716,7 +722,7 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 // next open replays little), and releases the volume.
 func (v *Volume) Close() error {
 	cerr := v.commit.Close()
-	v.gate.close()
+	v.gate.Close()
 	close(v.stop)
 	v.wg.Wait()
 	if cerr == nil && !v.opts.NoFlush {

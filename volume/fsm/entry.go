@@ -1,4 +1,4 @@
-package volume
+package fsm
 
 import (
 	"encoding/binary"
@@ -15,10 +15,10 @@ import (
 // then the proposer's wall-clock time (so an LSN can be found for a time).
 const entryFormat = 1
 
-// entryVersion is the entry vocabulary this binary writes and reads
+// EntryVersion is the entry vocabulary this binary writes and reads
 // (recorded in formats.json): 1 has types 1-5, 2 adds entryPutsS2. A new
 // entry type raises it.
-const entryVersion = 2
+const EntryVersion = 2
 
 type entryType uint8
 
@@ -26,8 +26,8 @@ const (
 	entryPuts   entryType = 1 // key versions written by a mounted branch
 	entryFreeze entryType = 2 // cut the memtable here: the next layer ends at this LSN
 	entryLayer  entryType = 3 // a layer object was uploaded; it replaces the memtable below its MaxLSN
-	entryBranch entryType = 4 // create, delete or replace a branch (branchOp)
-	entryMerge  entryType = 5 // a merged layer replaces an adjacent run of layers (mergeOp)
+	entryBranch entryType = 4 // create, delete or replace a branch (BranchOp)
+	entryMerge  entryType = 5 // a merged layer replaces an adjacent run of layers (MergeOp)
 	// entryPutsS2 is entryPuts with everything after the header compressed
 	// (s2 block format). Postgres rewrites its WAL page whole on every
 	// commit, mostly zeros at first, and page images compress too: the
@@ -46,16 +46,16 @@ const compressMin = 512
 // this is damaged, and decoding it fails instead of allocating that much.
 var maxEntryBody = 256 << 20 // a var so tests can lower it
 
-// mergeOp swaps the layers named in Remove for the layer Add merged from them.
-type mergeOp struct {
+// MergeOp swaps the layers named in Remove for the layer Add merged from them.
+type MergeOp struct {
 	Remove []string             `json:"remove"`
 	Add    blockstore.LayerMeta `json:"add"`
 }
 
-// branchOp changes the branch tree. It is one log entry whatever the size
+// BranchOp changes the branch tree. It is one log entry whatever the size
 // of the data behind the branch: a branch is a pointer into history.
-type branchOp struct {
-	Op     string `json:"op"` // opCreate, opDelete, opReplace
+type BranchOp struct {
+	Op     string `json:"op"` // OpCreate, OpDelete, OpReplace
 	Name   string `json:"name"`
 	Parent uint32 `json:"parent,omitempty"`
 	// At is the fork LSN; 0 means the LSN just before this entry, so
@@ -63,8 +63,8 @@ type branchOp struct {
 	At uint64 `json:"at,omitempty"`
 	// Remove lists entries to delete on the new branch: a stale
 	// postmaster.pid would stop Postgres from starting on it.
-	Remove []direntRef `json:"remove,omitempty"`
-	// For opReplace: the branch now called Name is renamed OldName (or
+	Remove []DirentRef `json:"remove,omitempty"`
+	// For OpReplace: the branch now called Name is renamed OldName (or
 	// deleted when OldName is empty), and a new Name is created.
 	OldName string `json:"old_name,omitempty"`
 	// ParentIsOld makes the replaced branch the new one's parent
@@ -72,15 +72,15 @@ type branchOp struct {
 	ParentIsOld bool `json:"parent_is_old,omitempty"`
 }
 
-type direntRef struct {
+type DirentRef struct {
 	Dir  uint64 `json:"dir"`
 	Name string `json:"name"`
 }
 
 const (
-	opCreate  = "create"
-	opDelete  = "delete"
-	opReplace = "replace"
+	OpCreate  = "create"
+	OpDelete  = "delete"
+	OpReplace = "replace"
 )
 
 type record struct {
@@ -88,8 +88,8 @@ type record struct {
 	Time   int64 // unix nanoseconds at proposal
 	Puts   []blockstore.Entry
 	Layer  blockstore.LayerMeta
-	Merge  mergeOp
-	Branch branchOp
+	Merge  MergeOp
+	Branch BranchOp
 }
 
 var errBadEntry = errors.New("malformed log entry")
@@ -105,27 +105,27 @@ func appendValue(b []byte, v blockstore.Value) []byte {
 	return append(b, v.Data...)
 }
 
-// checkPut reports whether e can be written in a puts entry and read back
+// CheckPut reports whether e can be written in a puts entry and read back
 // unchanged. The committer checks each put as it is accepted, so a change
 // the log cannot hold fails its caller, never the commit.
-func checkPut(e blockstore.Entry) error {
+func CheckPut(e blockstore.Entry) error {
 	if err := e.Key.Check(); err != nil {
 		return err
 	}
 	return e.Value.Check()
 }
 
-// encodePuts encodes a batch, compressed when that pays. Order within a
+// EncodePuts encodes a batch, compressed when that pays. Order within a
 // batch does not matter: all its puts share one LSN and keys are unique.
-// It refuses a batch holding a put checkPut refuses: an entry that reached
+// It refuses a batch holding a put CheckPut refuses: an entry that reached
 // the log and could not be decoded would stop the volume.
-func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error) {
+func EncodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error) {
 	b := make([]byte, 0, sizeHint+len(puts)*32+16)
 	b = appendHeader(b, entryPuts, now)
 	hdr := len(b)
 	b = binary.AppendUvarint(b, uint64(len(puts)))
 	for k, v := range puts {
-		if err := checkPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}); err != nil {
+		if err := CheckPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}); err != nil {
 			return nil, fmt.Errorf("encode puts: %w", err)
 		}
 		b = blockstore.AppendKey(b, k)
@@ -143,7 +143,18 @@ func encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint in
 	return c[:len(c)+len(enc)], nil
 }
 
-func encodeFreeze(now int64) []byte { return appendHeader(nil, entryFreeze, now) }
+func EncodeFreeze(now int64) []byte { return appendHeader(nil, entryFreeze, now) }
+
+// EncodeLayer records that layer meta was uploaded.
+func EncodeLayer(now int64, meta blockstore.LayerMeta) ([]byte, error) {
+	return encodeJSON(entryLayer, now, meta)
+}
+
+// EncodeBranch records a branch-tree change.
+func EncodeBranch(now int64, op BranchOp) ([]byte, error) { return encodeJSON(entryBranch, now, op) }
+
+// EncodeMerge records that a merged layer replaces a run of layers.
+func EncodeMerge(now int64, op MergeOp) ([]byte, error) { return encodeJSON(entryMerge, now, op) }
 
 func encodeJSON(t entryType, now int64, v any) ([]byte, error) {
 	j, err := json.Marshal(v)
@@ -151,6 +162,19 @@ func encodeJSON(t entryType, now int64, v any) ([]byte, error) {
 		return nil, err
 	}
 	return append(appendHeader(nil, t, now), j...), nil
+}
+
+// DecodePuts decodes a puts entry (compressed or not): the proposal time
+// and the puts. Values alias b.
+func DecodePuts(b []byte) (int64, []blockstore.Entry, error) {
+	r, err := decodeRecord(b)
+	if err != nil {
+		return 0, nil, err
+	}
+	if r.Type != entryPuts {
+		return 0, nil, fmt.Errorf("%w: entry type %d is not puts", errBadEntry, r.Type)
+	}
+	return r.Time, r.Puts, nil
 }
 
 // decodeRecord decodes an entry. Values alias b: the caller passes a buffer
@@ -237,7 +261,7 @@ func decodePuts(b []byte) ([]blockstore.Entry, error) {
 		}
 		e := blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}
 		// What the encoder would refuse is damage, not a put.
-		if err := checkPut(e); err != nil {
+		if err := CheckPut(e); err != nil {
 			return nil, fmt.Errorf("%w: %v", errBadEntry, err)
 		}
 		puts = append(puts, e)

@@ -1,4 +1,4 @@
-package volume
+package commit
 
 import (
 	"errors"
@@ -12,8 +12,8 @@ import (
 	"github.com/neonfs/neonfs/raftwal"
 )
 
-// admission is the one gate on the write path: every change passes Wait
-// before BranchFS changes anything. It holds the write path's limits and
+// Admission is the one gate on the write path: every change passes Wait
+// before the file system changes anything. It holds the write path's limits and
 // decides, in one place:
 //
 //   - ENOSPC, at once, when the data dir's disk cannot hold the change
@@ -29,9 +29,9 @@ import (
 // waiters to look again. While writers wait, the committer proposes
 // lingering batches at once and the flusher is kicked.
 //
-// Lock order: admission.mu before Committer.mu (room reads the committer's
+// Lock order: Admission.mu before Committer.mu (room reads the committer's
 // pending bytes); the committer calls changed only after releasing its own.
-type admission struct {
+type Admission struct {
 	dir          string
 	reserve      int64
 	maxPending   int64
@@ -57,18 +57,30 @@ var (
 	errClosing = errors.New("volume is closing")
 )
 
-func newAdmission(dir string, opts Options, store *blockstore.Store, kickFlush func()) *admission {
-	a := &admission{dir: dir, reserve: opts.ReserveBytes, maxPending: opts.MaxPending,
+// Limits are the write path's bounds.
+type Limits struct {
+	ReserveBytes int64 // free disk the data dir keeps
+	MaxPending   int64 // bytes the committer holds not yet applied
+	MaxUnflushed int64 // memtable bytes no layer holds yet; 0: no bound
+}
+
+// NewAdmission returns the gate for the volume in dir; kickFlush asks the
+// flusher to run now. Attach the committer before the first Wait.
+func NewAdmission(dir string, l Limits, store *blockstore.Store, kickFlush func()) *Admission {
+	a := &Admission{dir: dir, reserve: l.ReserveBytes, maxPending: l.MaxPending, maxUnflushed: l.MaxUnflushed,
 		store: store, kickFlush: kickFlush}
-	if !opts.NoFlush {
-		a.maxUnflushed = opts.MaxUnflushed
-	}
 	a.room = sync.NewCond(&a.mu)
 	return a
 }
 
-// errno maps Wait's error for a file-system caller.
-func admitErrno(err error) syscall.Errno {
+// Attach sets the committer whose pending bytes the gate bounds.
+func (a *Admission) Attach(c *Committer) { a.commit = c }
+
+// Full reports whether the last disk check found the disk too full.
+func (a *Admission) Full() bool { return a.full.Load() }
+
+// Errno maps Wait's error for a file-system caller.
+func Errno(err error) syscall.Errno {
 	switch {
 	case err == nil:
 		return 0
@@ -82,7 +94,7 @@ func admitErrno(err error) syscall.Errno {
 // Wait admits a change of about n bytes: it returns nil once there is
 // room, errNoSpace when the disk cannot take it, or the error that stops
 // the volume.
-func (a *admission) Wait(n int) error {
+func (a *Admission) Wait(n int) error {
 	if !a.diskAdmits(n) {
 		return errNoSpace
 	}
@@ -122,7 +134,7 @@ func (a *admission) Wait(n int) error {
 // overLocked reports which bound a change of n bytes would cross. A change
 // alone may exceed MaxPending: the bound holds writers back, it does not
 // refuse big ones.
-func (a *admission) overLocked(n int) (pending, mem bool) {
+func (a *Admission) overLocked(n int) (pending, mem bool) {
 	p := a.commit.pendingBytes()
 	pending = p > 0 && p+int64(n) > a.maxPending
 	if a.maxUnflushed > 0 {
@@ -132,8 +144,8 @@ func (a *admission) overLocked(n int) (pending, mem bool) {
 	return pending, mem
 }
 
-// changed wakes waiters to look again: a commit or a flush freed room.
-func (a *admission) changed() {
+// Changed wakes waiters to look again: a commit or a flush freed room.
+func (a *Admission) Changed() {
 	a.mu.Lock()
 	if a.waiting > 0 {
 		a.room.Broadcast()
@@ -141,8 +153,8 @@ func (a *admission) changed() {
 	a.mu.Unlock()
 }
 
-// close fails every waiter and every later Wait.
-func (a *admission) close() {
+// Close fails every waiter and every later Wait.
+func (a *Admission) Close() {
 	a.mu.Lock()
 	a.closed = true
 	a.room.Broadcast()
@@ -151,10 +163,10 @@ func (a *admission) close() {
 
 // diskAdmits reports whether n more bytes fit on the data dir's disk,
 // taking a fresh statfs when the last one no longer covers them.
-func (a *admission) diskAdmits(n int) bool {
+func (a *Admission) diskAdmits(n int) bool {
 	acc := a.accepted.Add(int64(n))
 	if a.free.Load()-acc < a.diskNeed() {
-		a.checkDisk()
+		a.CheckDisk()
 		return !a.full.Load()
 	}
 	return true
@@ -163,7 +175,7 @@ func (a *admission) diskAdmits(n int) bool {
 // diskNeed is the free space the data dir must keep: the reserve, room to
 // write everything unflushed once more (as a layer or a snapshot), and the
 // log's headroom, since it grows a whole segment at a time.
-func (a *admission) diskNeed() int64 {
+func (a *Admission) diskNeed() int64 {
 	active, frozen := a.store.MemBytes()
 	var pending int64
 	if a.commit != nil {
@@ -172,9 +184,9 @@ func (a *admission) diskNeed() int64 {
 	return a.reserve + active + frozen + pending + raftwal.HeadroomBytes
 }
 
-// checkDisk takes a statfs of the data dir (the disk watcher calls it
+// CheckDisk takes a statfs of the data dir (the disk watcher calls it
 // every 250 ms; Wait when its estimate runs out).
-func (a *admission) checkDisk() {
+func (a *Admission) CheckDisk() {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(a.dir, &st); err != nil {
 		return

@@ -1,4 +1,4 @@
-package volume
+package fsm
 
 import (
 	"bytes"
@@ -115,7 +115,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(mustEncodePuts(f, 2, map[blockstore.Key]blockstore.Value{
 		blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse},
 	}, 0)) // compressed
-	f.Add(encodeFreeze(5))
+	f.Add(EncodeFreeze(5))
 	j, _ := encodeJSON(entryLayer, 6, blockstore.LayerMeta{Name: "layers/x", MinLSN: 1, MaxLSN: 2})
 	f.Add(j)
 	f.Add([]byte{})
@@ -128,7 +128,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		for _, p := range r.Puts {
 			puts[p.Key] = p.Value
 		}
-		b, err := encodePuts(r.Time, puts, 0)
+		b, err := EncodePuts(r.Time, puts, 0)
 		if err != nil {
 			t.Fatalf("decoded puts do not encode: %v", err)
 		}
@@ -150,7 +150,7 @@ func FuzzDecodeRecord(f *testing.F) {
 
 func mustEncodePuts(t testing.TB, now int64, puts map[blockstore.Key]blockstore.Value, hint int) []byte {
 	t.Helper()
-	b, err := encodePuts(now, puts, hint)
+	b, err := EncodePuts(now, puts, hint)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func mustEncodePuts(t testing.TB, now int64, puts map[blockstore.Key]blockstore.
 // FuzzEncodePuts builds batches from the fuzzer's bytes (names of 0-1024
 // bytes, every key kind and value kind, valid or not, bodies large enough
 // to be compressed or not) and checks the encoder's promise: it refuses
-// exactly the batches holding a put checkPut refuses, and every batch it
+// exactly the batches holding a put CheckPut refuses, and every batch it
 // accepts decodes to the same batch.
 func FuzzEncodePuts(f *testing.F) {
 	f.Add([]byte{3, 1, 2, 3, 0, 0, 0, 1, 0x20, 0})
@@ -195,19 +195,19 @@ func FuzzEncodePuts(f *testing.F) {
 				continue
 			}
 			puts[k] = v
-			if checkPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}) != nil {
+			if CheckPut(blockstore.Entry{Key: k, Version: blockstore.Version{Value: v}}) != nil {
 				valid = false
 			}
 		}
-		b, err := encodePuts(9, puts, 0)
+		b, err := EncodePuts(9, puts, 0)
 		if !valid {
 			if err == nil {
-				t.Fatal("encodePuts accepted a batch with an unrepresentable put")
+				t.Fatal("EncodePuts accepted a batch with an unrepresentable put")
 			}
 			return
 		}
 		if err != nil {
-			t.Fatalf("encodePuts refused a valid batch: %v", err)
+			t.Fatalf("EncodePuts refused a valid batch: %v", err)
 		}
 		r, err := decodeRecord(b)
 		if err != nil {

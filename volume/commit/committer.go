@@ -1,4 +1,10 @@
-package volume
+// Package commit is the volume's commit pipeline: the admission gate a
+// change passes first (disk space, back-pressure, the memtable bound) and
+// the Committer that groups changes into log entries and proposes them one
+// at a time. It encodes entries with the fsm package's encoder and hands
+// them to a propose function (the Raft log); it never imports the volume,
+// the file system or Raft itself.
+package commit
 
 import (
 	"errors"
@@ -8,6 +14,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // Committer turns mutations into log entries (group commit). Mutations
@@ -21,7 +28,7 @@ import (
 // Wait(seq) is a barrier for everything put up to that batch.
 //
 // A batch of lazy puts (PutLazy) lingers until someone waits for it, it
-// fills, an urgent put joins it, writers wait for room at the admission
+// fills, an urgent put joins it, writers wait for room at the Admission
 // gate (setWaiting) or linger passes: every commit costs an fdatasync, and an fsync arriving while a
 // commit nobody asked for is in flight has to wait for it first.
 type Committer struct {
@@ -30,7 +37,7 @@ type Committer struct {
 	linger   time.Duration
 	timer    *time.Timer // wakes the proposer when a lazy batch has lingered
 	// onChange is called, without mu, after every commit or failure: the
-	// admission gate's waiters look again.
+	// Admission gate's waiters look again.
 	onChange func()
 
 	mu       sync.Mutex
@@ -42,7 +49,7 @@ type Committer struct {
 	pending  int64  // bytes in open + queued + inflight
 	done     uint64 // highest committed seq
 	wanted   uint64 // highest seq a Wait is blocked on
-	starved  int    // writers blocked at the admission gate
+	starved  int    // writers blocked at the Admission gate
 	closing  bool
 	err      error // set when the log is gone for good
 	stopped  chan struct{}
@@ -75,14 +82,15 @@ func newBatch(seq uint64) *batch {
 // ErrCommitterClosed is returned for mutations after Close.
 var ErrCommitterClosed = errors.New("volume is closing")
 
-// permanentError marks a propose failure that retrying cannot fix.
-type permanentError struct{ error }
+// PermanentError marks a propose failure that retrying cannot fix.
+type PermanentError struct{ Err error }
 
-func (e permanentError) Unwrap() error { return e.error }
+func (e PermanentError) Error() string { return e.Err.Error() }
+func (e PermanentError) Unwrap() error { return e.Err }
 
 // NewCommitter starts a committer. propose must return once data is
 // committed and applied; it is retried with backoff on error unless the
-// error is a permanentError. Lazy puts wait up to linger for company.
+// error is a PermanentError. Lazy puts wait up to linger for company.
 // onChange (may be nil) is called after every commit and on failure.
 func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration, onChange func()) *Committer {
 	if onChange == nil {
@@ -104,7 +112,7 @@ func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration
 
 func putSize(e blockstore.Entry) int { return len(e.Value.Data) + 40 }
 
-// pendingBytes is what batches not yet applied hold: the admission gate's
+// pendingBytes is what batches not yet applied hold: the Admission gate's
 // back-pressure measure.
 func (c *Committer) pendingBytes() int64 {
 	c.mu.Lock()
@@ -145,19 +153,21 @@ func (c *Committer) errLocked() error {
 // as the log is free. Callers serialise Put with the state changes it
 // records, so the log order is the mutation order.
 func (c *Committer) Put(puts ...blockstore.Entry) (uint64, error) {
-	return c.put(true, puts)
+	return c.Submit(true, puts)
 }
 
 // PutLazy is Put for changes no fsync is expected to wait for soon (a file
 // not fsynced lately): their batch may linger to gather more.
 func (c *Committer) PutLazy(puts ...blockstore.Entry) (uint64, error) {
-	return c.put(false, puts)
+	return c.Submit(false, puts)
 }
 
-func (c *Committer) put(urgent bool, puts []blockstore.Entry) (uint64, error) {
+// Submit is Put (urgent) or PutLazy. It refuses a put the log cannot hold
+// (fsm.CheckPut) before accepting anything.
+func (c *Committer) Submit(urgent bool, puts []blockstore.Entry) (uint64, error) {
 	size := 0
 	for _, e := range puts {
-		if err := checkPut(e); err != nil {
+		if err := fsm.CheckPut(e); err != nil {
 			return 0, err
 		}
 		size += putSize(e)
@@ -215,8 +225,8 @@ func (c *Committer) Lookup(k blockstore.Key) (blockstore.Value, bool) {
 	return blockstore.Value{}, false
 }
 
-// keysIn returns the keys in [from, to) of batches not yet applied.
-func (c *Committer) keysIn(from, to blockstore.Key) []blockstore.Key {
+// KeysIn returns the keys in [from, to) of batches not yet applied.
+func (c *Committer) KeysIn(from, to blockstore.Key) []blockstore.Key {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []blockstore.Key
@@ -306,12 +316,12 @@ func (c *Committer) run() {
 
 		// put checked every entry, so encoding cannot fail; if it did,
 		// nothing reaches the log and the committer stops.
-		data, err := encodePuts(time.Now().UnixNano(), b.puts, b.bytes)
+		data, err := fsm.EncodePuts(time.Now().UnixNano(), b.puts, b.bytes)
 		start := time.Now()
 		if err == nil {
 			err = c.proposeRetrying(data)
 		} else {
-			err = permanentError{err}
+			err = PermanentError{Err: err}
 		}
 
 		c.mu.Lock()
@@ -360,7 +370,7 @@ func (c *Committer) proposeRetrying(data []byte) error {
 		if err == nil {
 			return nil
 		}
-		var perm permanentError
+		var perm PermanentError
 		if errors.As(err, &perm) {
 			slog.Error("commit failed permanently", "err", err)
 			return err
@@ -375,7 +385,7 @@ func (c *Committer) proposeRetrying(data []byte) error {
 			if closingSince.IsZero() {
 				closingSince = time.Now()
 			} else if time.Since(closingSince) > shutdownRetry {
-				return permanentError{fmt.Errorf("shutting down: %d bytes of writes that were never fsynced could not be committed: %w", pending, err)}
+				return PermanentError{Err: fmt.Errorf("shutting down: %d bytes of writes that were never fsynced could not be committed: %w", pending, err)}
 			}
 		}
 		time.Sleep(backoff)

@@ -1,4 +1,4 @@
-package volume
+package commit
 
 import (
 	"context"
@@ -16,10 +16,10 @@ import (
 func TestAdmissionWaitsForFlush(t *testing.T) {
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
 	var kicks atomic.Int32
-	a := newAdmission(t.TempDir(), Options{ReserveBytes: 1, MaxPending: 1 << 30, MaxUnflushed: 4 * bs}, store, func() { kicks.Add(1) })
-	a.commit = NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.changed)
+	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1, MaxPending: 1 << 30, MaxUnflushed: 4 * bs}, store, func() { kicks.Add(1) })
+	a.Attach(NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.Changed))
 	defer a.commit.Close()
-	a.checkDisk()
+	a.CheckDisk()
 
 	var puts []blockstore.Entry
 	for b := range uint64(8) {
@@ -44,18 +44,18 @@ func TestAdmissionWaitsForFlush(t *testing.T) {
 		t.Fatalf("write layer: %v %v", ok, err)
 	}
 	store.AddLayer(meta)
-	a.changed() // what the flusher does after each flush
+	a.Changed() // what the flusher does after each flush
 	waitFor(t, through.Load)
 }
 
 // A full disk refuses at once with ENOSPC; nothing waits.
 func TestAdmissionNoSpace(t *testing.T) {
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
-	a := newAdmission(t.TempDir(), Options{ReserveBytes: 1 << 62, MaxPending: 1 << 30}, store, func() {})
-	a.commit = NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.changed)
+	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1 << 62, MaxPending: 1 << 30}, store, func() {})
+	a.Attach(NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.Changed))
 	defer a.commit.Close()
-	a.checkDisk()
-	if err := a.Wait(bs); admitErrno(err) != syscall.ENOSPC {
+	a.CheckDisk()
+	if err := a.Wait(bs); Errno(err) != syscall.ENOSPC {
 		t.Fatalf("Wait on a full disk: %v", err)
 	}
 }

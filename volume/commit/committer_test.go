@@ -1,8 +1,9 @@
-package volume
+package commit
 
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/objstore"
+	"github.com/neonfs/neonfs/volume/fsm"
 )
 
 // gate is a propose function the test releases one entry at a time.
@@ -80,9 +82,9 @@ func TestCommitterGroupCommit(t *testing.T) {
 	if n != 1 || g.count() != 2 {
 		t.Fatalf("50 concurrent writers used %d batches and %d entries; want 1 batch, 2 entries in all", n, g.count())
 	}
-	rec, err := decodeRecord(g.entries[1])
-	if err != nil || len(rec.Puts) != 50 {
-		t.Fatalf("group entry holds %d puts (err %v), want 50", len(rec.Puts), err)
+	_, puts, err := fsm.DecodePuts(g.entries[1])
+	if err != nil || len(puts) != 50 {
+		t.Fatalf("group entry holds %d puts (err %v), want 50", len(puts), err)
 	}
 }
 
@@ -121,24 +123,24 @@ func TestCommitterCoalescesRewrites(t *testing.T) {
 	if err := c.Wait(seq); err != nil {
 		t.Fatal(err)
 	}
-	rec, _ := decodeRecord(g.entries[1])
-	if len(rec.Puts) != 1 || rec.Puts[0].Value.Data[0] != 9 {
-		t.Fatalf("10 rewrites of one block gave %d puts", len(rec.Puts))
+	_, puts, _ := fsm.DecodePuts(g.entries[1])
+	if len(puts) != 1 || puts[0].Value.Data[0] != 9 {
+		t.Fatalf("10 rewrites of one block gave %d puts", len(puts))
 	}
 	if p, _ := c.Stats(); p != 0 {
 		t.Fatalf("pending bytes %d after everything committed", p)
 	}
 }
 
-// testGate is the admission gate over committer c, bounding its pending
+// testGate is the Admission gate over committer c, bounding its pending
 // bytes at maxPending (and nothing else that binds).
-func testGate(t *testing.T, c **Committer, propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *admission {
+func testGate(t *testing.T, c **Committer, propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *Admission {
 	t.Helper()
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
-	a := newAdmission(t.TempDir(), Options{ReserveBytes: 1, MaxPending: maxPending, NoFlush: true}, store, func() {})
-	*c = NewCommitter(propose, maxBatch, linger, a.changed)
-	a.commit = *c
-	a.checkDisk()
+	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1, MaxPending: maxPending}, store, func() {})
+	*c = NewCommitter(propose, maxBatch, linger, a.Changed)
+	a.Attach(*c)
+	a.CheckDisk()
 	return a
 }
 
@@ -197,7 +199,7 @@ func TestCommitterPermanentError(t *testing.T) {
 	g := newGate()
 	c := NewCommitter(g.propose, 1<<20, time.Millisecond, nil)
 	seq, _ := c.Put(blockPut(1, 0, 1))
-	g.release <- permanentError{errors.New("log closed")}
+	g.release <- PermanentError{Err: errors.New("log closed")}
 	if err := c.Wait(seq); err == nil {
 		t.Fatal("Wait succeeded for an entry that was never committed")
 	}
@@ -229,13 +231,13 @@ func TestCommitterLazyPuts(t *testing.T) {
 		linger     time.Duration
 		maxBatch   int
 		maxPending int64
-		trigger    func(c *Committer, gate *admission, seq uint64)
+		trigger    func(c *Committer, gate *Admission, seq uint64)
 	}{
-		{"wait", never, 1 << 20, 1 << 30, func(c *Committer, _ *admission, seq uint64) { go c.Wait(seq) }},
-		{"urgent put", never, 1 << 20, 1 << 30, func(c *Committer, _ *admission, _ uint64) { c.Put(blockPut(1, 1, 1)) }},
+		{"wait", never, 1 << 20, 1 << 30, func(c *Committer, _ *Admission, seq uint64) { go c.Wait(seq) }},
+		{"urgent put", never, 1 << 20, 1 << 30, func(c *Committer, _ *Admission, _ uint64) { c.Put(blockPut(1, 1, 1)) }},
 		{"linger", 50 * time.Millisecond, 1 << 20, 1 << 30, nil},
-		{"full batch", never, entry, 1 << 30, func(c *Committer, _ *admission, _ uint64) { c.PutLazy(blockPut(1, 1, 1)) }},
-		{"back-pressure", never, 1 << 20, int64(entry), func(_ *Committer, gate *admission, _ uint64) { go gate.Wait(entry) }},
+		{"full batch", never, entry, 1 << 30, func(c *Committer, _ *Admission, _ uint64) { c.PutLazy(blockPut(1, 1, 1)) }},
+		{"back-pressure", never, 1 << 20, int64(entry), func(_ *Committer, gate *Admission, _ uint64) { go gate.Wait(entry) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -256,5 +258,32 @@ func TestCommitterLazyPuts(t *testing.T) {
 			}
 			waitFor(t, func() bool { _, done := c.Stats(); return done >= seq })
 		})
+	}
+}
+
+const bs = blockstore.BlockSize
+
+// The committer refuses what the log cannot hold, whatever the caller
+// checked: a bad put fails its Put, never the commit.
+func TestCommitterRefusesUnencodablePuts(t *testing.T) {
+	g := newGate()
+	c := NewCommitter(g.propose, 1<<20, 0, nil)
+	defer func() { close(g.release); c.Close() }()
+	bad := []blockstore.Entry{
+		{Key: blockstore.DirentKey(1, 1, strings.Repeat("x", 256))},
+		{Key: blockstore.Key{Branch: 1, Kind: 9, Ino: 1}},
+		{Key: blockstore.BlockKey(1, 1, 1), Version: blockstore.Version{Value: blockstore.Value{Kind: 7}}},
+		{Key: blockstore.BlockKey(1, 1, 1), Version: blockstore.Version{Value: blockstore.Value{Kind: blockstore.ValTombstone, Data: []byte{1}}}},
+	}
+	for _, e := range bad {
+		if _, err := c.Put(e); err == nil {
+			t.Errorf("Put(%v, kind %d) accepted", e.Key, e.Value.Kind)
+		}
+	}
+	if _, err := c.Put(bad[0]); !errors.Is(err, blockstore.ErrNameTooLong) {
+		t.Errorf("long name: %v, want ErrNameTooLong", err)
+	}
+	if n := g.count(); n != 0 {
+		t.Errorf("%d entries proposed", n)
 	}
 }

@@ -1,4 +1,11 @@
-package volume
+// Package fsm is the volume's state machine: it decodes log entries (the
+// encoding is in entry.go) and folds them, in log order, into the block
+// map (blockstore) and the branch tree and timeline (snapshot). It is the
+// only writer of all three. It is pure: no clock (times come from the
+// entries), no disk, no network; the Raft log feeds it and its snapshots
+// go to whatever sink Raft hands it. It never imports the volume, the file
+// system or the CLI.
+package fsm
 
 import (
 	"bufio"
@@ -6,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,9 +23,11 @@ import (
 	"github.com/neonfs/neonfs/snapshot"
 )
 
-// fsm folds the log into the volume's state: the block map, the branch
+// FSM folds the log into the volume's state: the block map, the branch
 // tree, the inode high-water mark. It is the only writer of all three.
-type fsm struct {
+// Lock order: FSM.mu before the store's locks (Apply holds mu only for the
+// tree and timeline; the store locks itself).
+type FSM struct {
 	store *blockstore.Store
 
 	mu       sync.Mutex
@@ -48,7 +56,7 @@ func (e *HaltError) Unwrap() error { return e.Err }
 
 // halt records that entry lsn cannot be applied, once, and returns the
 // error every later Apply returns too.
-func (f *fsm) halt(lsn uint64, err error) *HaltError {
+func (f *FSM) halt(lsn uint64, err error) *HaltError {
 	h := &HaltError{LSN: lsn, Err: err}
 	if f.halted.CompareAndSwap(nil, h) {
 		slog.Error("volume stopped: a committed log entry cannot be applied", "lsn", lsn, "err", err)
@@ -56,10 +64,19 @@ func (f *fsm) halt(lsn uint64, err error) *HaltError {
 	return f.halted.Load()
 }
 
-func newFSM(store *blockstore.Store) *fsm {
-	return &fsm{store: store, tree: snapshot.NewTree(time.Now().UTC()), maxIno: rootIno,
+// New returns the FSM of an empty volume created at created (the root
+// branch's creation time until a snapshot restores the real tree), with
+// inode numbers up to inoMark taken.
+func New(store *blockstore.Store, created time.Time, inoMark uint64) *FSM {
+	return &FSM{store: store, tree: snapshot.NewTree(created.UTC()), maxIno: inoMark,
 		timeline: &snapshot.Timeline{}}
 }
+
+// Halted returns why the FSM stopped applying, or nil.
+func (f *FSM) Halted() *HaltError { return f.halted.Load() }
+
+// Applied is the last log entry applied, of any type.
+func (f *FSM) Applied() uint64 { return f.applied.Load() }
 
 // Apply returns the proposer's response: a value, nil, or an error.
 //
@@ -69,7 +86,7 @@ func newFSM(store *blockstore.Store) *fsm {
 // or of a format this binary does not know) halts the FSM: it and every
 // later entry return the HaltError and change nothing, on every replay,
 // so the state stays an exact prefix of the log and no write is skipped.
-func (f *fsm) Apply(l *raft.Log) any {
+func (f *FSM) Apply(l *raft.Log) any {
 	if h := f.halted.Load(); h != nil {
 		return h
 	}
@@ -107,11 +124,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.store.Freeze(l.Index)
 		// The flusher publishes this state with the layer it is cutting:
 		// the tree and timeline as of the layer's last LSN.
-		hdr, tree, err := f.header()
+		hdr, tree, err := f.Header()
 		if err != nil {
 			return f.halt(l.Index, err)
 		}
-		return frozen{lsn: l.Index, header: hdr, tree: tree}
+		return Frozen{LSN: l.Index, Header: hdr, Tree: tree}
 	case entryLayer:
 		f.store.AddLayer(rec.Layer)
 	case entryBranch:
@@ -129,28 +146,28 @@ func (f *fsm) Apply(l *raft.Log) any {
 // tree it saw; the checks repeat here because another op may have applied
 // in between, and the FSM is the only place that decides. A refused op
 // returns an error and changes nothing.
-func (f *fsm) applyBranch(lsn uint64, t int64, op branchOp) any {
+func (f *FSM) applyBranch(lsn uint64, t int64, op BranchOp) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	tree := f.tree
 	switch op.Op {
-	case opCreate:
+	case OpCreate:
 		id, err := f.createLocked(lsn, t, op, op.Parent)
 		if err != nil {
 			return err
 		}
 		return id
-	case opDelete:
+	case OpDelete:
 		b, ok := tree.ByName(op.Name)
 		if !ok {
 			return fmt.Errorf("no branch %q", op.Name)
 		}
-		if err := deletable(tree, b); err != nil {
+		if err := tree.CheckDeletable(b); err != nil {
 			return err
 		}
 		delete(tree.Branches, b.ID)
 		return b.ID
-	case opReplace:
+	case OpReplace:
 		old, ok := tree.ByName(op.Name)
 		if !ok {
 			return fmt.Errorf("no branch %q", op.Name)
@@ -163,7 +180,7 @@ func (f *fsm) applyBranch(lsn uint64, t int64, op branchOp) any {
 			return fmt.Errorf("branch %q has no parent to reset to", op.Name)
 		}
 		if op.OldName == "" && !op.ParentIsOld {
-			if err := deletable(tree, old); err != nil {
+			if err := tree.CheckDeletable(old); err != nil {
 				return err
 			}
 		} else if op.OldName != "" {
@@ -190,21 +207,7 @@ func (f *fsm) applyBranch(lsn uint64, t int64, op branchOp) any {
 	return fmt.Errorf("unknown branch op %q", op.Op)
 }
 
-func deletable(tree *snapshot.Tree, b *snapshot.Branch) error {
-	if b.Parent == 0 {
-		return fmt.Errorf("branch %q is the root of the volume and cannot be deleted", b.Name)
-	}
-	if kids := tree.Children(b.ID); len(kids) > 0 {
-		names := make([]string, len(kids))
-		for i, k := range kids {
-			names[i] = k.Name
-		}
-		return fmt.Errorf("branch %q has child branches (%s): delete them first", b.Name, strings.Join(names, ", "))
-	}
-	return nil
-}
-
-func (f *fsm) createLocked(lsn uint64, t int64, op branchOp, parent uint32) (uint32, error) {
+func (f *FSM) createLocked(lsn uint64, t int64, op BranchOp, parent uint32) (uint32, error) {
 	tree := f.tree
 	if _, dup := tree.ByName(op.Name); dup {
 		return 0, fmt.Errorf("branch %q already exists", op.Name)
@@ -244,43 +247,47 @@ func (f *fsm) createLocked(lsn uint64, t int64, op branchOp, parent uint32) (uin
 	return b.ID, nil
 }
 
-func (f *fsm) treeClone() *snapshot.Tree {
+// TreeClone returns a copy of the branch tree.
+func (f *FSM) TreeClone() *snapshot.Tree {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.tree.Clone()
 }
 
-// timeOf is TimeOf on the live timeline, without copying it.
-func (f *fsm) timeOf(lsn uint64) (time.Time, bool) {
+// TimeOf is TimeOf on the live timeline, without copying it.
+func (f *FSM) TimeOf(lsn uint64) (time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.timeline.TimeOf(lsn)
 }
 
-// lsnAt is LSNAt on the live timeline, without copying it.
-func (f *fsm) lsnAt(t time.Time) (uint64, error) {
+// LSNAt is LSNAt on the live timeline, without copying it.
+func (f *FSM) LSNAt(t time.Time) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.timeline.LSNAt(t)
 }
 
-func (f *fsm) timelineClone() *snapshot.Timeline {
+// TimelineClone returns a copy of the timeline (LSN to time).
+func (f *FSM) TimelineClone() *snapshot.Timeline {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.timeline.Clone()
 }
 
-func (f *fsm) inoHighWater() uint64 {
+// InoHighWater is the highest inode number any applied entry used.
+func (f *FSM) InoHighWater() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.maxIno
 }
 
-// frozen is the FSM's answer to a freeze entry.
-type frozen struct {
-	lsn    uint64
-	header []byte // the non-store part of a snapshot, as of lsn
-	tree   []byte // the branch tree in it
+// Frozen is the FSM's answer to a freeze entry: the state a layer cut at
+// LSN is published with.
+type Frozen struct {
+	LSN    uint64
+	Header []byte // the non-store part of a snapshot, as of LSN
+	Tree   []byte // the branch tree in it
 }
 
 type fsmSnapshot struct {
@@ -294,12 +301,12 @@ type fsmSnapshot struct {
 // the tree length after the mark is followed by the JSON tree's '{'.
 const (
 	snapshotMagic   = "NEONFSM1"
-	snapshotVersion = 1
+	SnapshotVersion = 1
 )
 
-// header encodes what a snapshot holds besides the store: the inode
+// Header encodes what a snapshot holds besides the store: the inode
 // high-water mark, the branch tree and the timeline.
-func (f *fsm) header() (hdr, tree []byte, err error) {
+func (f *FSM) Header() (hdr, tree []byte, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	tree, err = f.tree.Marshal()
@@ -319,11 +326,11 @@ func (f *fsm) header() (hdr, tree []byte, err error) {
 // here, write in Persist while applies continue. A halted FSM refuses: a
 // snapshot would let Raft truncate the entry it stopped at, and the next
 // open would start past it.
-func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if h := f.halted.Load(); h != nil {
 		return nil, h
 	}
-	hdr, _, err := f.header()
+	hdr, _, err := f.Header()
 	if err != nil {
 		return nil, err
 	}
@@ -331,14 +338,16 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := writeSnapshot(sink, s.header, s.store); err != nil {
+	if err := WriteSnapshot(sink, s.header, s.store); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
 
-func writeSnapshot(w io.Writer, header []byte, store *blockstore.Capture) error {
+// WriteSnapshot writes a snapshot: a header from Header or a freeze, then
+// the store capture.
+func WriteSnapshot(w io.Writer, header []byte, store *blockstore.Capture) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	_, err := bw.Write(header)
 	if err == nil {
@@ -352,7 +361,7 @@ func writeSnapshot(w io.Writer, header []byte, store *blockstore.Capture) error 
 
 func (s *fsmSnapshot) Release() {}
 
-func (f *fsm) Restore(rc io.ReadCloser) error {
+func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 1<<20)
 	if err := readSnapshotMagic(br); err != nil {
@@ -404,7 +413,7 @@ func readSnapshotMagic(br *bufio.Reader) error {
 	if err != nil || string(b[:len(prefix)]) != prefix {
 		return nil // version 0, or too short for anything: the fields below fail
 	}
-	if v := b[len(prefix)]; v < '1' || v > '0'+snapshotVersion {
+	if v := b[len(prefix)]; v < '1' || v > '0'+SnapshotVersion {
 		return fmt.Errorf("FSM snapshot format %c is unknown to this binary (written by a newer neonfs?)", v)
 	}
 	_, err = br.Discard(len(snapshotMagic))
