@@ -1,7 +1,34 @@
 // Package volume ties the pieces of a neonfs volume together: the Raft log
-// (raftwal), the FSM that folds it into the block map (blockstore) and the
-// branch tree (snapshot), the committer that turns file-system changes into
-// log entries, and the flusher that moves the memtable into layer objects.
+// (raftwal), the FSM that folds it into the block map and the branch tree
+// (volume/fsm over blockstore and snapshot), the commit pipeline that
+// turns file-system changes into log entries (volume/commit), the flusher
+// that moves the memtable into layer objects (flush.go, gc.go,
+// manifest.go), and the POSIX view of a branch (BranchFS: branchfs.go for
+// the namespace, branchfs_data.go for file data). It never imports the fs
+// (fusefs), the CLI or Prometheus.
+//
+// A write, top to bottom: fusefs hands it to BranchFS, which passes the
+// admission gate (commit.Admission.Wait), changes its in-memory namespace
+// and puts the change into the committer (commit.Committer.Submit) under
+// BranchFS.mu; the committer's one proposer encodes a batch
+// (fsm.EncodePuts) and appends it to the Raft log (raftwal), and once it is
+// committed the FSM applies it to the block map (fsm.FSM.Apply,
+// blockstore.Store.Apply). fsync waits for that batch (Committer.Wait).
+//
+// Lock order (a lock may be taken while holding the ones before it, never
+// the other way):
+//
+//	Volume.branchMu   branch-tree changes and mounts
+//	Volume.flushMu    flushes, merges, manifests, deletions
+//	BranchFS.mu       one branch's namespace; Submit runs under it
+//	Admission.mu      the write gate
+//	Committer.mu      batches; the proposer calls out (propose, onChange) without it
+//	Volume.mu         the mount list (short; nothing is taken under it)
+//	FSM.mu            tree and timeline; the store's own locks come after
+//
+// Raft's apply goroutine takes FSM.mu and the store's locks only, so a
+// proposer waiting for an apply while holding flushMu or branchMu cannot
+// deadlock it.
 package volume
 
 import (
@@ -341,7 +368,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		return nil, fmt.Errorf("volume %s: %w", dir, h)
 	}
 	v.nextIno.Store(v.fsm.InoHighWater())
-	limits := commit.Limits{ReserveBytes: opts.ReserveBytes, MaxPending: opts.MaxPending}
+	limits := commit.Limits{ReserveBytes: opts.ReserveBytes, MaxPending: opts.MaxPending, LogHeadroom: raftwal.HeadroomBytes}
 	if !opts.NoFlush {
 		limits.MaxUnflushed = opts.MaxUnflushed
 	}
@@ -381,14 +408,6 @@ func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (obj
 	}
 	ds, err := objstore.NewDirStore(objDir)
 	return ds, nil, err
-}
-
-// kickFlush asks the flusher to look now (the memtable bound holds writers).
-func (v *Volume) kickFlush() {
-	select {
-	case v.flushKick <- struct{}{}:
-	default:
-	}
 }
 
 func (v *Volume) propose(data []byte) error {
@@ -517,207 +536,6 @@ func (v *Volume) diskWatcher() {
 
 // flusher writes the memtable out as layers when it grows past FlushBytes,
 // merges layers after each flush, and deletes what merges replaced once
-// nothing reads it.
-func (v *Volume) flusher() {
-	defer v.wg.Done()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	ctx := context.Background()
-	lastOrphans := time.Now()
-	for {
-		select {
-		case <-v.stop:
-			return
-		case <-t.C:
-		case <-v.flushKick:
-		}
-		v.flushMu.Lock()
-		if active, _ := v.store.MemBytes(); active >= v.opts.FlushBytes {
-			v.flushing.Store(true)
-			if err := v.flushLocked(ctx); err != nil {
-				msg := err.Error()
-				v.flushErr.Store(&msg)
-				slog.Error("flush memtable", "err", err)
-			} else {
-				v.flushErr.Store(nil)
-				if _, err := v.compactLocked(ctx, false, nil); err != nil {
-					slog.Error("merge layers", "err", err)
-				}
-				if time.Since(lastOrphans) > v.opts.GCInterval {
-					lastOrphans = time.Now()
-					if _, _, err := v.deleteOrphans(ctx, func(f string, a ...any) { slog.Info(fmt.Sprintf(f, a...)) }); err != nil {
-						slog.Warn("delete orphaned objects", "err", err)
-					}
-				}
-			}
-			v.flushing.Store(false)
-		} else if len(v.retired) > 0 {
-			if _, _, err := v.deleteRetired(ctx); err != nil {
-				slog.Warn("delete replaced layers", "err", err)
-			}
-		}
-		v.flushMu.Unlock()
-	}
-}
-
-// Flush writes everything applied so far to a layer, records it through
-// the log, and snapshots so the log before it can be truncated. Upload
-// failures are retried with backoff until stop.
-func (v *Volume) Flush(ctx context.Context) error {
-	v.flushMu.Lock()
-	defer v.flushMu.Unlock()
-	return v.flushLocked(ctx)
-}
-
-func (v *Volume) flushLocked(ctx context.Context) error {
-	defer v.gate.Changed() // the memtable shrank, or writers look again at why not
-	_, resp, err := v.log.Apply(fsm.EncodeFreeze(now()))
-	if err != nil {
-		return fmt.Errorf("freeze memtable: %w", err)
-	}
-	fr, ok := resp.(fsm.Frozen)
-	if !ok {
-		return fmt.Errorf("freeze memtable: %v", resp)
-	}
-	v.lastFrozen = &fr
-	backoff := 100 * time.Millisecond
-	var meta blockstore.LayerMeta
-	for {
-		start := time.Now()
-		meta, ok, err = v.store.WriteLayer(ctx, fr.LSN)
-		if err == nil {
-			if ok {
-				slog.Info("flushed layer", "layer", meta.Name, "bytes", meta.Size, "keys", meta.Keys, "took", time.Since(start).Round(time.Millisecond))
-			}
-			break
-		}
-		msg := err.Error()
-		v.flushErr.Store(&msg)
-		slog.Warn("write layer failed, retrying", "backoff", backoff, "err", err)
-		select {
-		case <-v.stop:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 10*time.Second)
-	}
-	seq := fr.LSN
-	if ok {
-		b, err := fsm.EncodeLayer(now(), meta)
-		if err != nil {
-			return err
-		}
-		if seq, _, err = v.log.Apply(b); err != nil {
-			return fmt.Errorf("record layer %s: %w", meta.Name, err)
-		}
-		if err := v.log.Snapshot(); err != nil {
-			return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
-		}
-	}
-	return v.publishIfChanged(ctx, fr, seq)
-}
-
-// publishIfChanged publishes a manifest unless the last one already says
-// the same (same tree, same layers).
-func (v *Volume) publishIfChanged(ctx context.Context, fr fsm.Frozen, seq uint64) error {
-	var state strings.Builder
-	state.Write(fr.Tree)
-	for _, l := range v.store.Layers() {
-		state.WriteString("\n" + l.Name)
-	}
-	if state.String() == v.pubState && v.published.Load() != nil {
-		return nil
-	}
-	if err := v.publish(ctx, fr, seq); err != nil {
-		return err
-	}
-	v.pubState = state.String()
-	return nil
-}
-
-// Status describes the volume for operators.
-type Status struct {
-	Dir            string             `json:"dir"`
-	Branches       []*snapshot.Branch `json:"branches"`
-	Mounted        []string           `json:"mounted"`
-	CommittedLSN   uint64             `json:"committed_lsn"`
-	LastLogIndex   uint64             `json:"last_log_index"`
-	MemtableBytes  int64              `json:"memtable_bytes"`
-	FrozenBytes    int64              `json:"frozen_bytes"`
-	PendingBytes   int64              `json:"pending_bytes"`
-	Layers         int                `json:"layers"`
-	LayerBytes     int64              `json:"layer_bytes"`
-	ObjectBytes    int64              `json:"object_bytes"`
-	Objects        int                `json:"objects"`
-	LogBytes       int64              `json:"log_bytes"`
-	DiskFull       bool               `json:"disk_full"`
-	Flushing       bool               `json:"flushing"` // a flush, merge or gc is running
-	Commits        commit.CommitStats `json:"commits"`
-	LastFlushError string             `json:"last_flush_error,omitempty"`
-	// ObjectStoreError says why the object store could not be listed.
-	ObjectStoreError string               `json:"object_store_error,omitempty"`
-	LayerCache       *objstore.CacheStats `json:"layer_cache,omitempty"`
-	// ReadDepth is the most layers one read consults, over all branches.
-	ReadDepth  int    `json:"read_depth"`
-	Generation uint64 `json:"generation,omitempty"`
-	Manifest   string `json:"manifest,omitempty"` // the last one this open published
-	// FencedBy is the generation of a newer writer of the object store.
-	FencedBy uint64 `json:"fenced_by,omitempty"`
-	// Stopped says why the volume accepts no writes: a committed log entry
-	// it cannot apply.
-	Stopped string `json:"stopped,omitempty"`
-}
-
-// Status reports the volume's state.
-func (v *Volume) Status(ctx context.Context) (Status, error) {
-	st := Status{Dir: v.dir, Branches: v.fsm.TreeClone().List(), DiskFull: v.gate.Full(), Flushing: v.flushing.Load()}
-	v.mu.Lock()
-	for _, m := range v.mounts {
-		st.Mounted = append(st.Mounted, m.name)
-	}
-	v.mu.Unlock()
-	st.LastLogIndex, _ = v.log.Stats()
-	st.CommittedLSN = v.store.Applied()
-	st.MemtableBytes, st.FrozenBytes = v.store.MemBytes()
-	st.PendingBytes, _ = v.commit.Stats()
-	st.Commits = v.commit.CommitStats()
-	for _, l := range v.store.Layers() {
-		st.Layers++
-		st.LayerBytes += l.Size
-	}
-	// An unreachable object store is something status reports, not a
-	// reason to hang or fail.
-	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	objs, err := v.store.Objects().List(lctx, "")
-	cancel()
-	if err != nil {
-		st.ObjectStoreError = err.Error()
-	}
-	for _, o := range objs {
-		st.Objects++
-		st.ObjectBytes += o.Size
-	}
-	st.LogBytes = raftwal.LogBytes(filepath.Join(v.dir, "raft"))
-	st.ReadDepth = v.readDepth()
-	if v.cache != nil {
-		cs := v.cache.Stats()
-		st.LayerCache = &cs
-	}
-	st.Generation, st.FencedBy = v.gen, v.fencedBy.Load()
-	if p := v.published.Load(); p != nil {
-		st.Manifest = *p
-	}
-	if p := v.flushErr.Load(); p != nil {
-		st.LastFlushError = *p
-	}
-	if h := v.fsm.Halted(); h != nil {
-		st.Stopped = h.Error()
-	}
-	return st, nil
-}
-
 // Close commits pending changes, flushes the memtable to a layer (so the
 // next open replays little), and releases the volume.
 func (v *Volume) Close() error {

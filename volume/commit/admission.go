@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
-	"github.com/neonfs/neonfs/raftwal"
 )
 
 // Admission is the one gate on the write path: every change passes Wait
@@ -33,7 +32,7 @@ import (
 // pending bytes); the committer calls changed only after releasing its own.
 type Admission struct {
 	dir          string
-	reserve      int64
+	reserve      int64 // the reserve and the log's headroom
 	maxPending   int64
 	maxUnflushed int64 // 0: no bound (inspection opens never flush)
 	store        *blockstore.Store
@@ -62,13 +61,16 @@ type Limits struct {
 	ReserveBytes int64 // free disk the data dir keeps
 	MaxPending   int64 // bytes the committer holds not yet applied
 	MaxUnflushed int64 // memtable bytes no layer holds yet; 0: no bound
+	// LogHeadroom is the disk the log may take beyond its entries (it
+	// grows by whole segments).
+	LogHeadroom int64
 }
 
 // NewAdmission returns the gate for the volume in dir; kickFlush asks the
 // flusher to run now. Attach the committer before the first Wait.
 func NewAdmission(dir string, l Limits, store *blockstore.Store, kickFlush func()) *Admission {
-	a := &Admission{dir: dir, reserve: l.ReserveBytes, maxPending: l.MaxPending, maxUnflushed: l.MaxUnflushed,
-		store: store, kickFlush: kickFlush}
+	a := &Admission{dir: dir, reserve: l.ReserveBytes + l.LogHeadroom, maxPending: l.MaxPending,
+		maxUnflushed: l.MaxUnflushed, store: store, kickFlush: kickFlush}
 	a.room = sync.NewCond(&a.mu)
 	return a
 }
@@ -181,7 +183,7 @@ func (a *Admission) diskNeed() int64 {
 	if a.commit != nil {
 		pending = a.commit.pendingBytes()
 	}
-	return a.reserve + active + frozen + pending + raftwal.HeadroomBytes
+	return a.reserve + active + frozen + pending
 }
 
 // CheckDisk takes a statfs of the data dir (the disk watcher calls it

@@ -1,0 +1,145 @@
+package volume
+
+// Flushing: the memtable becomes layer objects, merges keep the layers a
+// read consults few, and a manifest is published after each flush. One
+// flusher goroutine runs it; flushMu makes flushes, merges, manifests and
+// deletions take turns.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/volume/fsm"
+)
+
+// kickFlush asks the flusher to look now (the memtable bound holds writers).
+func (v *Volume) kickFlush() {
+	select {
+	case v.flushKick <- struct{}{}:
+	default:
+	}
+}
+
+// nothing reads it.
+func (v *Volume) flusher() {
+	defer v.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	ctx := context.Background()
+	lastOrphans := time.Now()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		case <-v.flushKick:
+		}
+		v.flushMu.Lock()
+		if active, _ := v.store.MemBytes(); active >= v.opts.FlushBytes {
+			v.flushing.Store(true)
+			if err := v.flushLocked(ctx); err != nil {
+				msg := err.Error()
+				v.flushErr.Store(&msg)
+				slog.Error("flush memtable", "err", err)
+			} else {
+				v.flushErr.Store(nil)
+				if _, err := v.compactLocked(ctx, false, nil); err != nil {
+					slog.Error("merge layers", "err", err)
+				}
+				if time.Since(lastOrphans) > v.opts.GCInterval {
+					lastOrphans = time.Now()
+					if _, _, err := v.deleteOrphans(ctx, func(f string, a ...any) { slog.Info(fmt.Sprintf(f, a...)) }); err != nil {
+						slog.Warn("delete orphaned objects", "err", err)
+					}
+				}
+			}
+			v.flushing.Store(false)
+		} else if len(v.retired) > 0 {
+			if _, _, err := v.deleteRetired(ctx); err != nil {
+				slog.Warn("delete replaced layers", "err", err)
+			}
+		}
+		v.flushMu.Unlock()
+	}
+}
+
+// Flush writes everything applied so far to a layer, records it through
+// the log, and snapshots so the log before it can be truncated. Upload
+// failures are retried with backoff until stop.
+func (v *Volume) Flush(ctx context.Context) error {
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	return v.flushLocked(ctx)
+}
+
+func (v *Volume) flushLocked(ctx context.Context) error {
+	defer v.gate.Changed() // the memtable shrank, or writers look again at why not
+	_, resp, err := v.log.Apply(fsm.EncodeFreeze(now()))
+	if err != nil {
+		return fmt.Errorf("freeze memtable: %w", err)
+	}
+	fr, ok := resp.(fsm.Frozen)
+	if !ok {
+		return fmt.Errorf("freeze memtable: %v", resp)
+	}
+	v.lastFrozen = &fr
+	backoff := 100 * time.Millisecond
+	var meta blockstore.LayerMeta
+	for {
+		start := time.Now()
+		meta, ok, err = v.store.WriteLayer(ctx, fr.LSN)
+		if err == nil {
+			if ok {
+				slog.Info("flushed layer", "layer", meta.Name, "bytes", meta.Size, "keys", meta.Keys, "took", time.Since(start).Round(time.Millisecond))
+			}
+			break
+		}
+		msg := err.Error()
+		v.flushErr.Store(&msg)
+		slog.Warn("write layer failed, retrying", "backoff", backoff, "err", err)
+		select {
+		case <-v.stop:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+	seq := fr.LSN
+	if ok {
+		b, err := fsm.EncodeLayer(now(), meta)
+		if err != nil {
+			return err
+		}
+		if seq, _, err = v.log.Apply(b); err != nil {
+			return fmt.Errorf("record layer %s: %w", meta.Name, err)
+		}
+		if err := v.log.Snapshot(); err != nil {
+			return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
+		}
+	}
+	return v.publishIfChanged(ctx, fr, seq)
+}
+
+// publishIfChanged publishes a manifest unless the last one already says
+// the same (same tree, same layers).
+func (v *Volume) publishIfChanged(ctx context.Context, fr fsm.Frozen, seq uint64) error {
+	var state strings.Builder
+	state.Write(fr.Tree)
+	for _, l := range v.store.Layers() {
+		state.WriteString("\n" + l.Name)
+	}
+	if state.String() == v.pubState && v.published.Load() != nil {
+		return nil
+	}
+	if err := v.publish(ctx, fr, seq); err != nil {
+		return err
+	}
+	v.pubState = state.String()
+	return nil
+}
