@@ -13,9 +13,15 @@ build:
 # Everything, end-to-end tests included (they need root and /dev/fuse):
 # installs what is missing first, as the demo does. The S3 tests fail
 # instead of skipping when versitygw is missing.
+# The storage packages' unit tests run under the race detector; the rest
+# (the file system, the end-to-end tests) without it.
+UNIT    = blockstore objstore volume snapshot durable raftwal internal
+UNITRE  = /($(shell echo $(UNIT) | tr ' ' '|'))(/|$$)
 test: export NEONFS_REQUIRE_S3 = 1
 test: deps
-	$(GO) vet ./... && $(GO) test ./... -count=1 -timeout 30m
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(UNITRE)')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '$(UNITRE)')
 
 # Unit tests only: the end-to-end tests skip themselves with -short.
 test-short:
