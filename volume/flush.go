@@ -39,7 +39,10 @@ func (v *Volume) flusher() {
 		case <-v.flushKick:
 		}
 		v.flushMu.Lock()
-		if active, _ := v.store.MemBytes(); active >= v.opts.FlushBytes {
+		// A memtable over MaxUnflushed holds writers at the gate: flush it
+		// even when it is under FlushBytes (MaxUnflushed set lower), or
+		// they would wait for ever.
+		if active, frozen := v.store.MemBytes(); active >= v.opts.FlushBytes || active > 0 && active+frozen > v.opts.MaxUnflushed {
 			v.flushing.Store(true)
 			if err := v.flushLocked(ctx); err != nil {
 				msg := err.Error()

@@ -206,3 +206,37 @@ func TestWriteToFsyncedFileIsCommitted(t *testing.T) {
 		t.Fatalf("a write to a file just fsynced returned before its commit (seq %d, done %d)", seq, done)
 	}
 }
+
+// A memtable bound under the flush threshold still lets writes through:
+// writers held at the gate make the flusher flush.
+func TestMemtableBoundUnderFlushThreshold(t *testing.T) {
+	dir := testVolume(t)
+	v, f := open(t, dir, Options{FlushBytes: 1 << 30, MaxUnflushed: 64 << 10})
+	defer v.Close()
+	ino, _, errno := f.Create(rootIno, "f", syscall.S_IFREG|0o644, 0, 0, 0, "")
+	must(t, errno)
+	done := make(chan syscall.Errno, 1)
+	go func() {
+		page := bytes.Repeat([]byte{7}, bs)
+		for b := range 64 {
+			if _, errno := f.Write(ino, page, int64(b)*bs); errno != 0 {
+				done <- errno
+				return
+			}
+			if errno := f.Fsync(ino, false); errno != 0 {
+				done <- errno
+				return
+			}
+		}
+		done <- 0
+	}()
+	select {
+	case errno := <-done:
+		must(t, errno)
+	case <-time.After(time.Minute):
+		t.Fatal("writes held at the memtable bound never resumed")
+	}
+	if len(v.store.Layers()) == 0 {
+		t.Error("no layer flushed")
+	}
+}
