@@ -358,11 +358,7 @@ func (s *DirStore) ReadRange(ctx context.Context, name string, off, n int64, buf
 	if off > size || n > size-off {
 		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
 	}
-	b := buf[:0]
-	if int64(cap(b)) < n {
-		b = make([]byte, n)
-	}
-	b = b[:n]
+	b := RangeBuffer(buf, n)
 	if _, err := f.ReadAt(b, off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond end of file: %w", name, off, off, n, ErrCorrupt)

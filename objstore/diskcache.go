@@ -232,11 +232,7 @@ func (c *CachedStore) ReadRange(ctx context.Context, name string, off, n int64, 
 	if off > size || n > size-off {
 		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
 	}
-	out := buf[:0]
-	if int64(cap(out)) < n {
-		out = make([]byte, n)
-	}
-	out = out[:n]
+	out := RangeBuffer(buf, n)
 	if n > 0 {
 		if err := c.read(ctx, name, size, off, out); err != nil {
 			return nil, err

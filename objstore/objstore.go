@@ -62,6 +62,15 @@ type ObjectStore interface {
 	RemoveStaleTemps(age time.Duration) (n int, bytes int64, err error)
 }
 
+// RangeBuffer returns n bytes of buf's storage when it is big enough, else
+// a new slice: where ReadRange reads to.
+func RangeBuffer(buf []byte, n int64) []byte {
+	if int64(cap(buf)) < n {
+		return make([]byte, n)
+	}
+	return buf[:n]
+}
+
 // DiscardTemp closes and removes a file from CreateTemp that will not be
 // put.
 func DiscardTemp(f *os.File) {

@@ -248,9 +248,13 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := s.checkName("put", name); err != nil {
 		return err
 	}
-	size := int64(len(data))
+	return s.upload(ctx, name, int64(len(data)), func() io.Reader { return bytes.NewReader(data) })
+}
+
+// upload PUTs size bytes from body (a fresh reader for every attempt).
+func (s *Store) upload(ctx context.Context, name string, size int64, body func() io.Reader) error {
 	err := s.retryTimeout(ctx, "put", name, s3Timeout(size), func(ctx context.Context, _ *s3Attempt) error {
-		_, err := s.client.PutObject(ctx, s.bucket, s.key(name), bytes.NewReader(data), size, minio.PutObjectOptions{
+		_, err := s.client.PutObject(ctx, s.bucket, s.key(name), body(), size, minio.PutObjectOptions{
 			ContentType: "application/octet-stream",
 			PartSize:    s3PartSize,
 		})
@@ -300,17 +304,7 @@ func (s *Store) PutFile(ctx context.Context, name string, f *os.File) error {
 		return fmt.Errorf("put object %s: %w", name, err)
 	}
 	size := fi.Size()
-	err = s.retryTimeout(ctx, "put", name, s3Timeout(size), func(ctx context.Context, _ *s3Attempt) error {
-		_, err := s.client.PutObject(ctx, s.bucket, s.key(name), io.NewSectionReader(f, 0, size), size, minio.PutObjectOptions{
-			ContentType: "application/octet-stream",
-			PartSize:    s3PartSize,
-		})
-		return err
-	})
-	if err != nil {
-		return s.objectErr("put", name, err)
-	}
-	return nil
+	return s.upload(ctx, name, size, func() io.Reader { return io.NewSectionReader(f, 0, size) })
 }
 
 // Forget does nothing: the store keeps no local copies.
@@ -423,11 +417,7 @@ func (s *Store) ReadRange(ctx context.Context, name string, off, n int64, buf []
 			return fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, total, objstore.ErrCorrupt)
 		}
 		a.extend(s3Timeout(n))
-		b := buf[:0]
-		if int64(cap(b)) < n {
-			b = make([]byte, n)
-		}
-		b = b[:n]
+		b := objstore.RangeBuffer(buf, n)
 		if _, err := io.ReadFull(body, b); err != nil {
 			return err // cut off mid-body: the server went away, retry
 		}
