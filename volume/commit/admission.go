@@ -12,8 +12,8 @@ import (
 )
 
 // Admission is the one gate on the write path: every change passes Wait
-// before the file system changes anything. It holds the write path's limits and
-// decides, in one place:
+// before the file system changes anything. It holds the write path's
+// limits and decides, in one place:
 //
 //   - ENOSPC, at once, when the data dir's disk cannot hold the change
 //     twice: in the log now, and in a layer when the memtable is flushed
@@ -24,12 +24,12 @@ import (
 //     MaxUnflushed bytes no layer holds yet (the object store is behind or
 //     away: the log should not grow without bound).
 //
-// Nothing polls: commits and flushes call changed, which wakes the
+// Nothing polls: commits and flushes call Changed, which wakes the
 // waiters to look again. While writers wait, the committer proposes
 // lingering batches at once and the flusher is kicked.
 //
-// Lock order: Admission.mu before Committer.mu (room reads the committer's
-// pending bytes); the committer calls changed only after releasing its own.
+// Lock order: Admission.mu before Committer.mu (Wait reads the committer's
+// pending bytes); the committer calls Changed only after releasing its own.
 type Admission struct {
 	dir          string
 	reserve      int64 // the reserve and the log's headroom
