@@ -1,6 +1,6 @@
 // Package cli is the neonfs command line: it parses arguments, opens
 // volumes, mounts branches and turns errors into one line a person can act
-// on.
+// on. It decides nothing about storage: that is the volume's.
 package cli
 
 import (

@@ -1,5 +1,6 @@
 // Package durable holds the file-system steps that make a change survive a
-// crash, shared by the storage packages.
+// crash, shared by the storage packages. It imports no other neonfs
+// package.
 package durable
 
 import (

@@ -1,5 +1,6 @@
 // Package fusefs serves a branch of a neonfs volume over FUSE. It only
-// translates: every decision is made by volume.BranchFS.
+// translates: every decision is made by volume.BranchFS. It imports only
+// volume of neonfs's packages: never the storage below it or the CLI.
 package fusefs
 
 import (

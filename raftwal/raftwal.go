@@ -2,6 +2,7 @@
 // whose log store is raft-wal (chosen by measurement: one fsync per commit,
 // against about two for raft-boltdb; see bench/raftlog). Every mutation of
 // a volume is an entry of this log and its Raft index is the volume's LSN.
+// It carries bytes: it never imports the FSM, the block map or the volume.
 package raftwal
 
 import (

@@ -1,6 +1,7 @@
 // Package snapshot holds the branch tree of a volume: which branches exist,
 // their parents and fork points, and how a read on a branch walks its
 // ancestry. It is pure data: the FSM changes it by applying log entries.
+// It never imports the volume, the fs or the log.
 package snapshot
 
 import (

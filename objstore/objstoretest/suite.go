@@ -1,6 +1,7 @@
 // Package objstoretest is the ObjectStore conformance suite: every
 // implementation (a directory, the layer-chunk cache, S3) passes the same
-// checks, so the volume above cannot tell them apart.
+// checks, so the volume above cannot tell them apart. It imports only
+// objstore.
 package objstoretest
 
 import (

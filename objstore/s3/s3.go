@@ -1,6 +1,7 @@
 // Package s3 is the ObjectStore on an S3 bucket (minio-go): the network
 // end of the object-store seam. Only the volume's wiring imports it;
-// blockstore never does.
+// blockstore never does. It never imports blockstore, the volume or the fs:
+// it moves objects, not what is in them.
 package s3
 
 import (

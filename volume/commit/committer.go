@@ -3,7 +3,7 @@
 // the Committer that groups changes into log entries and proposes them one
 // at a time. It encodes entries with the fsm package's encoder and hands
 // them to a propose function (the Raft log); it never imports the volume,
-// the file system or Raft itself.
+// the file system or the log (raftwal).
 package commit
 
 import (
