@@ -117,7 +117,14 @@ func buildPjdfstest(t *testing.T) string {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Beside the checkout, as on the project's machines; CI may clone
+		// elsewhere on the same machine.
 		tarball = filepath.Join(repo, "..", "shared", "tools", "pjdfstest.tar.gz")
+		if _, err := os.Stat(tarball); err != nil {
+			if _, err := os.Stat("/work/shared/tools/pjdfstest.tar.gz"); err == nil {
+				tarball = "/work/shared/tools/pjdfstest.tar.gz"
+			}
+		}
 	}
 	data, err := os.ReadFile(tarball)
 	if os.IsNotExist(err) {
