@@ -3,19 +3,17 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
-	"time"
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/neonfs/neonfs/daemon"
 	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/volume"
 )
@@ -194,18 +192,18 @@ func runMount(c *ucli.Context) error {
 		return err
 	}
 	// Check the mountpoint before replaying the log: a bad path should fail fast.
-	if err := checkMountpoint(mnt); err != nil {
+	if err := daemon.CheckMountpoint(mnt); err != nil {
 		return err
 	}
 	if _, err := volume.ReadConfig(dir); err != nil {
 		return err
 	}
-	req := mountRequest{Branch: c.String("branch"), At: c.String("at"), Mountpoint: mnt, Writeback: c.Bool("writeback-cache")}
+	req := daemon.MountRequest{Branch: c.String("branch"), At: c.String("at"), Mountpoint: mnt, Writeback: c.Bool("writeback-cache")}
 	if r, ok, err := daemonRunning(c.Context, dir); err != nil {
 		return err
 	} else if ok {
-		var rep mountReply
-		if err := r.call(c.Context, "mount", rpcArgs{Name: req.Branch, Point: req.At, Mountpoint: mnt, Writeback: req.Writeback}, &rep); err != nil {
+		var rep daemon.MountReply
+		if err := r.call(c.Context, "mount", daemon.Args{Name: req.Branch, Point: req.At, Mountpoint: mnt, Writeback: req.Writeback}, &rep); err != nil {
 			return err
 		}
 		mode := ""
@@ -222,41 +220,10 @@ func runMount(c *ucli.Context) error {
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
 	}
-	d := newDaemon(dir, vol, c.Bool("fuse-debug"))
-	rep, err := d.mount(ctx, req)
-	if err != nil {
-		return errors.Join(err, vol.Close())
-	}
-	ctl, err := serveControl(d)
-	if err != nil {
-		slog.Warn("control socket unavailable: other commands will not reach this daemon", "err", err)
-	}
-	fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", rep.Branch, dir, rep.Mountpoint)
-
-	// Shutdown, not Close: the call that unmounted the last mount is
-	// still writing its answer.
-	stopControl := func() {
-		if ctl != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			ctl.Shutdown(sctx)
-			cancel()
-			ctl = nil
-		}
-	}
-	select {
-	case <-ctx.Done():
-		slog.Info("signal received: unmounting everything", "data", dir)
-		stopControl()
-		d.shutdown()
-	case <-d.idle:
-		slog.Info("last mount gone: closing the volume", "data", dir)
-	}
-	stopControl()
-	if err := vol.Close(); err != nil {
-		return fmt.Errorf("close volume: %w", err)
-	}
-	slog.Info("volume closed cleanly", "data", dir)
-	return nil
+	d := daemon.New(dir, vol, c.Bool("fuse-debug"))
+	return daemon.Run(ctx, d, req, func(rep daemon.MountReply) {
+		fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", rep.Branch, dir, rep.Mountpoint)
+	})
 }
 
 func unmountCommand() *ucli.Command {
@@ -284,7 +251,7 @@ func unmountCommand() *ucli.Command {
 			if err != nil {
 				return err
 			}
-			if err := r.call(c.Context, "unmount", rpcArgs{Mountpoint: mnt}, nil); err != nil {
+			if err := r.call(c.Context, "unmount", daemon.Args{Mountpoint: mnt}, nil); err != nil {
 				return err
 			}
 			fmt.Printf("unmounted %s\n", mnt)

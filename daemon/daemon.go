@@ -1,4 +1,10 @@
-package cli
+// Package daemon is the runtime of a volume's daemon: it holds the volume
+// open, serves any number of its branches over FUSE (each at its own
+// mountpoint) and answers the control socket (control.go). It ends when its
+// last mount goes away or at Shutdown. The cli parses arguments and talks
+// to it over the socket; the daemon never imports the cli, and decides
+// nothing about storage (that is the volume's).
+package daemon
 
 import (
 	"context"
@@ -17,10 +23,10 @@ import (
 	"github.com/neonfs/neonfs/volume"
 )
 
-// daemon holds a volume open and serves any number of its branches, each
+// Daemon holds a volume open and serves any number of its branches, each
 // at its own mountpoint. It ends when its last mount goes away (unmounted
 // by `neonfs unmount`, by umount, or at SIGINT/SIGTERM).
-type daemon struct {
+type Daemon struct {
 	dir   string
 	vol   *volume.Volume
 	debug bool
@@ -37,25 +43,30 @@ type served struct {
 	done chan struct{} // closed when the FUSE server stopped
 }
 
-type mountRequest struct {
+// MountRequest asks to serve a branch at a mountpoint.
+type MountRequest struct {
 	Branch     string
 	At         string // a point in history: read-only time travel
 	Mountpoint string
 	Writeback  bool
 }
 
-type mountReply struct {
+// MountReply says what was mounted, and by which process.
+type MountReply struct {
 	Branch     string `json:"branch"`
 	Mountpoint string `json:"mountpoint"`
 	ReadOnly   bool   `json:"read_only"`
 	Pid        int    `json:"pid"`
 }
 
-func newDaemon(dir string, vol *volume.Volume, debug bool) *daemon {
-	return &daemon{dir: dir, vol: vol, debug: debug, mounts: map[string]*served{}, idle: make(chan struct{})}
+// New returns a daemon for the open volume in dir.
+func New(dir string, vol *volume.Volume, debug bool) *Daemon {
+	return &Daemon{dir: dir, vol: vol, debug: debug, mounts: map[string]*served{}, idle: make(chan struct{})}
 }
 
-func checkMountpoint(mnt string) error {
+// CheckMountpoint refuses a mountpoint that is missing, not a directory,
+// or already mounted.
+func CheckMountpoint(mnt string) error {
 	fi, err := os.Stat(mnt)
 	if err != nil {
 		return fmt.Errorf("mountpoint: %w", err)
@@ -71,20 +82,20 @@ func checkMountpoint(mnt string) error {
 	return nil
 }
 
-// mount serves a branch (or a past state of one, read-only) at a
+// Mount serves a branch (or a past state of one, read-only) at a
 // mountpoint.
-func (d *daemon) mount(ctx context.Context, req mountRequest) (mountReply, error) {
+func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountReply, error) {
 	mnt, err := filepath.Abs(req.Mountpoint)
 	if err != nil {
-		return mountReply{}, err
+		return MountReply{}, err
 	}
-	if err := checkMountpoint(mnt); err != nil {
-		return mountReply{}, err
+	if err := CheckMountpoint(mnt); err != nil {
+		return MountReply{}, err
 	}
 	d.mu.Lock()
 	if _, busy := d.mounts[mnt]; busy {
 		d.mu.Unlock()
-		return mountReply{}, fmt.Errorf("mountpoint %s is already served by this daemon", mnt)
+		return MountReply{}, fmt.Errorf("mountpoint %s is already served by this daemon", mnt)
 	}
 	d.mu.Unlock()
 	start := time.Now()
@@ -95,12 +106,12 @@ func (d *daemon) mount(ctx context.Context, req mountRequest) (mountReply, error
 		bfs, err = d.vol.Mount(ctx, req.Branch)
 	}
 	if err != nil {
-		return mountReply{}, err
+		return MountReply{}, err
 	}
 	bfs.SetMountpoint(mnt)
 	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug})
 	if err != nil {
-		return mountReply{}, errors.Join(err, d.vol.Unmount(bfs))
+		return MountReply{}, errors.Join(err, d.vol.Unmount(bfs))
 	}
 	s := &served{bfs: bfs, srv: srv, mnt: mnt, done: make(chan struct{})}
 	d.mu.Lock()
@@ -114,11 +125,11 @@ func (d *daemon) mount(ctx context.Context, req mountRequest) (mountReply, error
 	inodes, _ := bfs.Counts()
 	slog.Info("mounted", "branch", bfs.Name(), "read_only", bfs.ReadOnly(), "mountpoint", mnt, "inodes", inodes,
 		"took", time.Since(start).Round(time.Millisecond))
-	return mountReply{Branch: bfs.Name(), Mountpoint: mnt, ReadOnly: bfs.ReadOnly(), Pid: os.Getpid()}, nil
+	return MountReply{Branch: bfs.Name(), Mountpoint: mnt, ReadOnly: bfs.ReadOnly(), Pid: os.Getpid()}, nil
 }
 
 // release forgets a mount whose FUSE server stopped.
-func (d *daemon) release(s *served) {
+func (d *Daemon) release(s *served) {
 	if err := d.vol.Unmount(s.bfs); err != nil {
 		slog.Error("release branch", "branch", s.bfs.Name(), "err", err)
 	}
@@ -137,7 +148,8 @@ func (d *daemon) release(s *served) {
 	}
 }
 
-func (d *daemon) unmount(mnt string) error {
+// Unmount stops serving mnt.
+func (d *Daemon) Unmount(mnt string) error {
 	abs, err := filepath.Abs(mnt)
 	if err != nil {
 		return err
@@ -152,8 +164,8 @@ func (d *daemon) unmount(mnt string) error {
 	return nil
 }
 
-// shutdown unmounts everything.
-func (d *daemon) shutdown() {
+// Shutdown unmounts everything.
+func (d *Daemon) Shutdown() {
 	d.mu.Lock()
 	var all []*served
 	for _, s := range d.mounts {
@@ -204,4 +216,44 @@ func unmount(srv interface{ Unmount() error }, mnt string, done <-chan struct{})
 	case <-time.After(30 * time.Second):
 		slog.Warn("FUSE server did not stop after unmount", "mountpoint", mnt)
 	}
+}
+
+// Run serves first, then the control socket, until ctx is done (then it
+// unmounts everything) or the last mount goes away, and closes the volume.
+// ready is told once first is mounted.
+func Run(ctx context.Context, d *Daemon, first MountRequest, ready func(MountReply)) error {
+	rep, err := d.Mount(ctx, first)
+	if err != nil {
+		return errors.Join(err, d.vol.Close())
+	}
+	ctl, err := serveControl(d)
+	if err != nil {
+		slog.Warn("control socket unavailable: other commands will not reach this daemon", "err", err)
+	}
+	ready(rep)
+
+	// Shutdown, not Close: the call that unmounted the last mount is
+	// still writing its answer.
+	stopControl := func() {
+		if ctl != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctl.Shutdown(sctx)
+			cancel()
+			ctl = nil
+		}
+	}
+	select {
+	case <-ctx.Done():
+		slog.Info("signal received: unmounting everything", "data", d.dir)
+		stopControl()
+		d.Shutdown()
+	case <-d.idle:
+		slog.Info("last mount gone: closing the volume", "data", d.dir)
+	}
+	stopControl()
+	if err := d.vol.Close(); err != nil {
+		return fmt.Errorf("close volume: %w", err)
+	}
+	slog.Info("volume closed cleanly", "data", d.dir)
+	return nil
 }
