@@ -15,7 +15,7 @@ build:
 # instead of skipping when versitygw is missing.
 # The storage packages' unit tests run under the race detector; the rest
 # (the file system, the end-to-end tests) without it.
-UNIT    = blockstore objstore volume snapshot durable raftwal internal pgserve sqlproxy
+UNIT    = blockstore objstore volume snapshot durable raftwal internal pgserve sqlproxy endpoint
 UNITRE  = /($(shell echo $(UNIT) | tr ' ' '|'))(/|$$)
 test: export NEONFS_REQUIRE_S3 = 1
 test: deps
