@@ -25,7 +25,7 @@ func App() *ucli.App {
 		Before: func(c *ucli.Context) error {
 			var lvl slog.Level
 			level := c.String("log-level")
-			if !c.IsSet("log-level") && c.Args().First() != "mount" {
+			if !c.IsSet("log-level") && c.Args().First() != "mount" && c.Args().First() != "serve" {
 				// A one-shot command that opens the volume itself should not
 				// narrate the log replay; the daemon should.
 				level = "warn"
@@ -42,6 +42,9 @@ func App() *ucli.App {
 			gcCommand(),
 			mountCommand(),
 			unmountCommand(),
+			serveCommand(),
+			endpointCommand(),
+			connectionStringCommand(),
 			statusCommand(),
 			branchCommand(),
 		},

@@ -35,6 +35,8 @@ type Args struct {
 	B          string `json:"b,omitempty"`
 	Mountpoint string `json:"mountpoint,omitempty"`
 	Writeback  bool   `json:"writeback,omitempty"`
+	// Endpoint is endpoint create's.
+	Endpoint *EndpointSpec `json:"endpoint,omitempty"`
 }
 
 // ErrorReply is a failed call's answer.
@@ -64,6 +66,15 @@ func rpcHandlers(d *Daemon) map[string]func(context.Context, Args) (any, error) 
 			return d.Mount(ctx, MountRequest{Branch: a.Name, At: a.Point, Mountpoint: a.Mountpoint, Writeback: a.Writeback})
 		},
 		"unmount": func(ctx context.Context, a Args) (any, error) { return nil, d.Unmount(a.Mountpoint) },
+		"endpoint-create": func(ctx context.Context, a Args) (any, error) {
+			if a.Endpoint == nil {
+				return nil, errors.New("endpoint create: no endpoint given")
+			}
+			return d.CreateEndpoint(*a.Endpoint)
+		},
+		"endpoint-list":     func(context.Context, Args) (any, error) { return d.ListEndpoints(), nil },
+		"endpoint-delete":   func(ctx context.Context, a Args) (any, error) { return nil, d.DeleteEndpoint(a.Name) },
+		"connection-string": func(ctx context.Context, a Args) (any, error) { return d.ConnectionString(a.Name) },
 	}
 }
 

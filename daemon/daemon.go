@@ -34,13 +34,19 @@ type Daemon struct {
 	mu     sync.Mutex
 	mounts map[string]*served // by mountpoint
 	idle   chan struct{}      // closed when the last mount is gone
+
+	// Endpoints (serve only; nil endpoints: this daemon serves none).
+	runDir    string
+	endpoints map[string]*runningEndpoint // by branch
+	epOps     sync.Mutex                  // endpoint create and delete take turns (before mu)
 }
 
 type served struct {
-	bfs  *volume.BranchFS
-	srv  *fuse.Server
-	mnt  string
-	done chan struct{} // closed when the FUSE server stopped
+	bfs      *volume.BranchFS
+	srv      *fuse.Server
+	mnt      string
+	done     chan struct{} // closed when the FUSE server stopped
+	released chan struct{} // closed when the branch is released too
 }
 
 // MountRequest asks to serve a branch at a mountpoint.
@@ -113,7 +119,7 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountReply, error
 	if err != nil {
 		return MountReply{}, errors.Join(err, d.vol.Unmount(bfs))
 	}
-	s := &served{bfs: bfs, srv: srv, mnt: mnt, done: make(chan struct{})}
+	s := &served{bfs: bfs, srv: srv, mnt: mnt, done: make(chan struct{}), released: make(chan struct{})}
 	d.mu.Lock()
 	d.mounts[mnt] = s
 	d.mu.Unlock()
@@ -121,6 +127,7 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountReply, error
 		srv.Wait()
 		close(s.done)
 		d.release(s)
+		close(s.released)
 	}()
 	inodes, _ := bfs.Counts()
 	slog.Info("mounted", "branch", bfs.Name(), "read_only", bfs.ReadOnly(), "mountpoint", mnt, "inodes", inodes,
@@ -161,6 +168,12 @@ func (d *Daemon) Unmount(mnt string) error {
 		return fmt.Errorf("%s is not served by the daemon of %s", abs, d.dir)
 	}
 	unmount(s.srv, s.mnt, s.done)
+	// The branch can be mounted again once this returns.
+	select {
+	case <-s.released:
+	case <-time.After(30 * time.Second):
+		slog.Warn("branch not released after unmount", "mountpoint", s.mnt)
+	}
 	return nil
 }
 
@@ -172,6 +185,9 @@ func (d *Daemon) Shutdown() {
 		all = append(all, s)
 	}
 	d.mu.Unlock()
+	if len(all) == 0 {
+		return
+	}
 	var wg sync.WaitGroup
 	for _, s := range all {
 		wg.Add(1)

@@ -175,7 +175,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if !Initialized(cfg.DataDir) {
 		return nil, fmt.Errorf("start postgres: %s holds no cluster (no PG_VERSION)", cfg.DataDir)
 	}
-	if err := os.MkdirAll(cfg.SocketDir, 0o700); err != nil {
+	// The parents must let the postgres user through; the socket's own
+	// directory is private to it.
+	if err := os.MkdirAll(filepath.Dir(cfg.SocketDir), 0o755); err != nil {
+		return nil, fmt.Errorf("start postgres: socket dir: %w", err)
+	}
+	if err := os.Mkdir(cfg.SocketDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("start postgres: socket dir: %w", err)
 	}
 	if err := os.Chown(cfg.SocketDir, acct.uid, acct.gid); err != nil {

@@ -1,0 +1,366 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/neonfs/neonfs/durable"
+	"github.com/neonfs/neonfs/endpoint"
+	"github.com/neonfs/neonfs/pgserve"
+	"github.com/neonfs/neonfs/sqlproxy"
+)
+
+// EndpointSpec is an endpoint as recorded in the volume
+// (DATA/endpoints.json), so endpoints survive a daemon restart.
+type EndpointSpec struct {
+	Branch string `json:"branch"`
+	Listen string `json:"listen"` // host:port
+	// SuspendAfter is a Go duration; "0s" never suspends.
+	SuspendAfter string            `json:"suspend_after"`
+	Conf         map[string]string `json:"pg_conf,omitempty"`
+	Trust        bool              `json:"trust,omitempty"`
+	PGBin        string            `json:"pg_bin,omitempty"`
+}
+
+// EndpointInfo is one line of `endpoint list`.
+type EndpointInfo struct {
+	endpoint.Info
+	Address string `json:"address"`
+}
+
+// EndpointReply answers endpoint create and connection-string.
+type EndpointReply struct {
+	Branch     string `json:"branch"`
+	Address    string `json:"address"`
+	ConnString string `json:"connection_string"`
+}
+
+// served endpoint: the listener and the compute behind it.
+type runningEndpoint struct {
+	spec   EndpointSpec
+	ep     *endpoint.Endpoint
+	proxy  *sqlproxy.Proxy
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the watcher stopped
+}
+
+const endpointsFile = "endpoints.json"
+
+func (d *Daemon) passwordPath(branch string) string {
+	return filepath.Join(d.dir, "endpoints", branch+".password")
+}
+
+// branchMounter serves an endpoint's branch through the daemon's own
+// mounts, under the run directory.
+type branchMounter struct {
+	d      *Daemon
+	branch string
+}
+
+func (m *branchMounter) dir() string { return filepath.Join(m.d.runDir, "branches", m.branch) }
+
+func (m *branchMounter) Mount(ctx context.Context) (string, error) {
+	if err := os.MkdirAll(m.dir(), 0o755); err != nil {
+		return "", err
+	}
+	if _, err := m.d.Mount(ctx, MountRequest{Branch: m.branch, Mountpoint: m.dir(), Writeback: true}); err != nil {
+		return "", err
+	}
+	return m.dir(), nil
+}
+
+func (m *branchMounter) Unmount(context.Context) error { return m.d.Unmount(m.dir()) }
+
+// EnableEndpoints makes the daemon serve endpoints, with their mounts and
+// sockets under runDir. Only a daemon that runs until stopped (serve) may:
+// one started by mount ends with its last mount, and a suspended endpoint
+// has none.
+func (d *Daemon) EnableEndpoints(runDir string) error {
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	d.mu.Lock()
+	d.runDir = runDir
+	d.endpoints = map[string]*runningEndpoint{}
+	d.mu.Unlock()
+	return nil
+}
+
+// restoreEndpoints starts the recorded endpoints, suspended and listening.
+func (d *Daemon) restoreEndpoints() error {
+	specs, err := d.readSpecs()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range specs {
+		if err := d.startEndpoint(s); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s: %w", s.Branch, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) readSpecs() ([]EndpointSpec, error) {
+	b, err := os.ReadFile(filepath.Join(d.dir, endpointsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var specs []EndpointSpec
+	if err := json.Unmarshal(b, &specs); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(d.dir, endpointsFile), err)
+	}
+	return specs, nil
+}
+
+// writeSpecsLocked records the endpoints (atomically: a crash leaves the
+// old list or the new one).
+func (d *Daemon) writeSpecsLocked() error {
+	specs := make([]EndpointSpec, 0, len(d.endpoints))
+	for _, e := range d.endpoints {
+		specs = append(specs, e.spec)
+	}
+	sort.Slice(specs, func(i, j int) bool { return specs[i].Branch < specs[j].Branch })
+	b, _ := json.MarshalIndent(specs, "", "  ")
+	path := filepath.Join(d.dir, endpointsFile)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	err = errors.Join(err, f.Sync(), f.Close())
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = durable.SyncDir(d.dir)
+	}
+	return err
+}
+
+// CreateEndpoint checks spec, generates the postgres role's password (kept
+// 0600 under DATA/endpoints), listens, and records the endpoint. Nothing
+// is left behind when it fails.
+func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
+	d.epOps.Lock()
+	defer d.epOps.Unlock()
+	if d.endpoints == nil {
+		return EndpointReply{}, errors.New("endpoints need a daemon started by `neonfs serve` (this one, started by `neonfs mount`, ends with its last mount)")
+	}
+	if _, ok := d.vol.Branches().ByName(spec.Branch); !ok {
+		return EndpointReply{}, fmt.Errorf("no branch %q", spec.Branch)
+	}
+	if _, err := time.ParseDuration(spec.SuspendAfter); err != nil {
+		return EndpointReply{}, fmt.Errorf("--suspend-after %q: want a duration like 5m (0 never suspends)", spec.SuspendAfter)
+	}
+	d.mu.Lock()
+	_, dup := d.endpoints[spec.Branch]
+	d.mu.Unlock()
+	if dup {
+		return EndpointReply{}, fmt.Errorf("branch %q already has an endpoint", spec.Branch)
+	}
+	host, port, err := net.SplitHostPort(spec.Listen)
+	if err != nil {
+		return EndpointReply{}, fmt.Errorf("listen address %q: %w", spec.Listen, err)
+	}
+	if port == "0" {
+		if spec.Listen, err = FreePort(host); err != nil {
+			return EndpointReply{}, err
+		}
+	}
+	pw := d.passwordPath(spec.Branch)
+	_, statErr := os.Stat(pw)
+	newPassword := errors.Is(statErr, os.ErrNotExist)
+	if newPassword && !spec.Trust {
+		if err := os.MkdirAll(filepath.Dir(pw), 0o700); err != nil {
+			return EndpointReply{}, err
+		}
+		if err := os.WriteFile(pw, []byte(pgserve.NewPassword()+"\n"), 0o600); err != nil {
+			return EndpointReply{}, fmt.Errorf("endpoint password: %w", err)
+		}
+	}
+	if err := d.startEndpoint(spec); err != nil {
+		if newPassword {
+			os.Remove(pw)
+		}
+		return EndpointReply{}, err
+	}
+	d.mu.Lock()
+	err = d.writeSpecsLocked()
+	d.mu.Unlock()
+	if err != nil {
+		d.deleteEndpointLocked(spec.Branch)
+		return EndpointReply{}, fmt.Errorf("record endpoint: %w", err)
+	}
+	return d.ConnectionString(spec.Branch)
+}
+
+// startEndpoint listens for spec's branch; the endpoint starts suspended.
+func (d *Daemon) startEndpoint(spec EndpointSpec) error {
+	suspend, err := time.ParseDuration(spec.SuspendAfter)
+	if err != nil {
+		return fmt.Errorf("suspend after %q: %w", spec.SuspendAfter, err)
+	}
+	password := ""
+	if !spec.Trust {
+		b, err := os.ReadFile(d.passwordPath(spec.Branch))
+		if err != nil {
+			return fmt.Errorf("endpoint password: %w", err)
+		}
+		password = strings.TrimSpace(string(b))
+	}
+	ln, err := net.Listen("tcp", spec.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", spec.Listen, err)
+	}
+	spec.Listen = ln.Addr().String()
+	ep := endpoint.New(endpoint.Config{Branch: spec.Branch, SuspendAfter: suspend,
+		PG: pgserve.Config{BinDir: spec.PGBin, SocketDir: filepath.Join(d.runDir, "sockets", spec.Branch),
+			Password: password, Trust: spec.Trust, Conf: spec.Conf}},
+		&branchMounter{d: d, branch: spec.Branch})
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningEndpoint{spec: spec, ep: ep, proxy: sqlproxy.Serve(ln, ep), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		ep.Run(ctx)
+		close(r.done)
+	}()
+	d.mu.Lock()
+	d.endpoints[spec.Branch] = r
+	d.mu.Unlock()
+	slog.Info("endpoint listening", "branch", spec.Branch, "address", spec.Listen, "suspend_after", suspend)
+	return nil
+}
+
+// stopEndpoint stops listening and suspends the compute.
+func (r *runningEndpoint) stop(ctx context.Context) error {
+	r.cancel()
+	<-r.done
+	err := r.proxy.Close()
+	return errors.Join(err, r.ep.Close(ctx))
+}
+
+// DeleteEndpoint stops an endpoint and forgets it (its password too).
+func (d *Daemon) DeleteEndpoint(branch string) error {
+	d.epOps.Lock()
+	defer d.epOps.Unlock()
+	return d.deleteEndpointLocked(branch)
+}
+
+func (d *Daemon) deleteEndpointLocked(branch string) error {
+	d.mu.Lock()
+	r := d.endpoints[branch]
+	delete(d.endpoints, branch)
+	d.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("branch %q has no endpoint", branch)
+	}
+	err := r.stop(context.Background())
+	d.mu.Lock()
+	werr := d.writeSpecsLocked()
+	d.mu.Unlock()
+	os.Remove(d.passwordPath(branch))
+	return errors.Join(err, werr)
+}
+
+// ListEndpoints describes every endpoint.
+func (d *Daemon) ListEndpoints() []EndpointInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]EndpointInfo, 0, len(d.endpoints))
+	for _, r := range d.endpoints {
+		out = append(out, EndpointInfo{Info: r.ep.Info(), Address: r.spec.Listen})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Branch < out[j].Branch })
+	return out
+}
+
+// ConnectionString is how a client reaches branch's endpoint.
+func (d *Daemon) ConnectionString(branch string) (EndpointReply, error) {
+	d.mu.Lock()
+	r := d.endpoints[branch]
+	d.mu.Unlock()
+	if r == nil {
+		return EndpointReply{}, fmt.Errorf("branch %q has no endpoint", branch)
+	}
+	host, port, _ := net.SplitHostPort(r.spec.Listen)
+	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(host, port), Path: "/postgres"}
+	if r.spec.Trust {
+		u.User = url.User("postgres")
+	} else {
+		b, err := os.ReadFile(d.passwordPath(branch))
+		if err != nil {
+			return EndpointReply{}, fmt.Errorf("endpoint password: %w", err)
+		}
+		u.User = url.UserPassword("postgres", strings.TrimSpace(string(b)))
+	}
+	return EndpointReply{Branch: branch, Address: r.spec.Listen, ConnString: u.String()}, nil
+}
+
+// stopEndpoints suspends every endpoint and stops listening (shutdown).
+func (d *Daemon) stopEndpoints() {
+	d.mu.Lock()
+	all := make([]*runningEndpoint, 0, len(d.endpoints))
+	for _, r := range d.endpoints {
+		all = append(all, r)
+	}
+	d.mu.Unlock()
+	for _, r := range all {
+		if err := r.stop(context.Background()); err != nil {
+			slog.Error("stop endpoint", "branch", r.spec.Branch, "err", err)
+		}
+	}
+}
+
+// FreePort returns host:port with the first port from 5432 that is free.
+func FreePort(host string) (string, error) {
+	for p := 5432; p < 5532; p++ {
+		addr := net.JoinHostPort(host, strconv.Itoa(p))
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			ln.Close()
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("no free port on %s from 5432 to 5531", host)
+}
+
+// Serve runs the daemon until ctx is done: the control socket, and the
+// recorded endpoints (suspended, listening). Then it stops the endpoints,
+// unmounts everything and closes the volume.
+func Serve(ctx context.Context, d *Daemon, ready func()) error {
+	ctl, err := serveControl(d)
+	if err != nil {
+		return errors.Join(err, d.vol.Close())
+	}
+	if err := d.restoreEndpoints(); err != nil {
+		slog.Error("restore endpoints", "err", err)
+	}
+	ready()
+	<-ctx.Done()
+	slog.Info("signal received: stopping endpoints and unmounting everything", "data", d.dir)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctl.Shutdown(sctx)
+	cancel()
+	d.stopEndpoints()
+	d.Shutdown()
+	if err := d.vol.Close(); err != nil {
+		return fmt.Errorf("close volume: %w", err)
+	}
+	slog.Info("volume closed cleanly", "data", d.dir)
+	return nil
+}
