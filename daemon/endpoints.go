@@ -190,7 +190,13 @@ func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
 		if err := os.MkdirAll(filepath.Dir(pw), 0o700); err != nil {
 			return EndpointReply{}, err
 		}
-		if err := os.WriteFile(pw, []byte(pgserve.NewPassword()+"\n"), 0o600); err != nil {
+		// A branch forked from one with a cluster holds that cluster, and
+		// with it the postgres role's password: inherit it.
+		secret := d.inheritedPassword(spec.Branch)
+		if secret == "" {
+			secret = pgserve.NewPassword()
+		}
+		if err := os.WriteFile(pw, []byte(secret+"\n"), 0o600); err != nil {
 			return EndpointReply{}, fmt.Errorf("endpoint password: %w", err)
 		}
 	}
@@ -254,7 +260,8 @@ func (r *runningEndpoint) stop(ctx context.Context) error {
 	return errors.Join(err, r.ep.Close(ctx))
 }
 
-// DeleteEndpoint stops an endpoint and forgets it (its password too).
+// DeleteEndpoint stops an endpoint and forgets it (not its password: the
+// cluster on the branch keeps it).
 func (d *Daemon) DeleteEndpoint(branch string) error {
 	d.epOps.Lock()
 	defer d.epOps.Unlock()
@@ -273,8 +280,25 @@ func (d *Daemon) deleteEndpointLocked(branch string) error {
 	d.mu.Lock()
 	werr := d.writeSpecsLocked()
 	d.mu.Unlock()
-	os.Remove(d.passwordPath(branch))
+	// The password stays: the branch's cluster keeps it for a next endpoint.
 	return errors.Join(err, werr)
+}
+
+// inheritedPassword is the password of the nearest ancestor of branch
+// that has one, or "".
+func (d *Daemon) inheritedPassword(branch string) string {
+	tree := d.vol.Branches()
+	b, ok := tree.ByName(branch)
+	for ok && b.Parent != 0 {
+		b, ok = tree.Branches[b.Parent], tree.Branches[b.Parent] != nil
+		if !ok {
+			break
+		}
+		if pw, err := os.ReadFile(d.passwordPath(b.Name)); err == nil {
+			return strings.TrimSpace(string(pw))
+		}
+	}
+	return ""
 }
 
 // ListEndpoints describes every endpoint.

@@ -176,6 +176,24 @@ func TestEndpointScaleToZero(t *testing.T) {
 		t.Errorf("after a daemon restart: %+v", e)
 	}
 	read("wake after a daemon restart")
+
+	// A branch of a running database gets its own endpoint with the
+	// parent's data and the parent's role password (its cluster's).
+	c.ok(t, "branch", "create", "dev")
+	devURL := strings.TrimSpace(c.ok(t, "endpoint", "create", "dev", "--suspend-after", "0"))
+	dev, err := pgx.Connect(ctx, devURL)
+	if err != nil {
+		t.Fatalf("connect to the branch's endpoint: %v\n%s", err, tailFile(logPath, 2000))
+	}
+	defer dev.Close(ctx)
+	var v int
+	if err := dev.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != 42 {
+		t.Fatalf("branch endpoint: %d, %v", v, err)
+	}
+	if _, err := dev.Exec(ctx, "INSERT INTO t VALUES (43)"); err != nil {
+		t.Fatalf("write on the branch: %v", err)
+	}
+	c.ok(t, "endpoint", "delete", "dev")
 	c.ok(t, "endpoint", "delete", "main")
 	c.refused(t, "no endpoint", "connection-string", "main")
 }
