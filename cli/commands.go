@@ -236,16 +236,9 @@ func unmountCommand() *ucli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("unmount: want exactly one MOUNTPOINT argument, got %d", c.NArg())
 			}
-			dir := c.String("data")
-			if _, err := volume.ReadConfig(dir); err != nil {
-				return err
-			}
-			r, ok, err := daemonRunning(c.Context, dir)
+			r, err := remoteFor(c.Context, c.String("data"))
 			if err != nil {
 				return err
-			}
-			if !ok {
-				return fmt.Errorf("no daemon serves %s", dir)
 			}
 			mnt, err := filepath.Abs(c.Args().First())
 			if err != nil {

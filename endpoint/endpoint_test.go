@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/neonfs/neonfs/pgserve/pgservetest"
 
 	"github.com/jackc/pgx/v5"
 
@@ -44,24 +45,7 @@ func (m *dirMounter) Unmount(context.Context) error {
 
 func setup(t *testing.T, suspendAfter time.Duration) (*Endpoint, *dirMounter, string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a real Postgres: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run Postgres as the postgres user")
-	}
-	if _, err := user.Lookup("postgres"); err != nil {
-		t.Skip("no postgres user (scripts/deps.sh installs Postgres 15)")
-	}
-	if _, err := os.Stat(filepath.Join(pgserve.DefaultBinDir, "postgres")); err != nil {
-		t.Skip("Postgres 15 is not installed (scripts/deps.sh)")
-	}
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := pgservetest.Dir(t)
 	m := &dirMounter{dir: filepath.Join(dir, "branch")}
 	if err := os.Mkdir(m.dir, 0o755); err != nil {
 		t.Fatal(err)

@@ -1,42 +1,27 @@
-package pgserve
+package pgserve_test
 
 import (
 	"context"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/neonfs/neonfs/pgserve"
+	"github.com/neonfs/neonfs/pgserve/pgservetest"
+
 	"github.com/jackc/pgx/v5"
 )
 
 // testConfig makes a directory the postgres user can reach, or skips where
 // the real thing cannot run (not root, no postgres user, no binaries).
-func testConfig(t *testing.T) Config {
+func testConfig(t *testing.T) pgserve.Config {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a real Postgres: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run Postgres as the postgres user")
-	}
-	if _, err := user.Lookup("postgres"); err != nil {
-		t.Skip("no postgres user (scripts/deps.sh installs Postgres 15)")
-	}
-	if _, err := os.Stat(filepath.Join(DefaultBinDir, "postgres")); err != nil {
-		t.Skip("Postgres 15 is not installed (scripts/deps.sh)")
-	}
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} { // testing makes them 0700
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
-		Password: NewPassword(), Conf: map[string]string{"shared_buffers": "16MB", "fsync": "off"},
+	dir := pgservetest.Dir(t)
+	return pgserve.Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
+		Password: pgserve.NewPassword(), Conf: map[string]string{"shared_buffers": "16MB", "fsync": "off"},
 		StopTimeout: 10 * time.Second}
 }
 
@@ -45,16 +30,16 @@ func testConfig(t *testing.T) Config {
 func TestServerLifecycle(t *testing.T) {
 	cfg := testConfig(t)
 	ctx := context.Background()
-	if err := Init(ctx, cfg); err != nil {
+	if err := pgserve.Init(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if !Initialized(cfg.DataDir) {
+	if !pgserve.Initialized(cfg.DataDir) {
 		t.Fatal("no cluster after Init")
 	}
 	if hba, err := os.ReadFile(filepath.Join(cfg.DataDir, "pg_hba.conf")); err != nil || !strings.Contains(string(hba), "scram-sha-256") {
 		t.Fatalf("pg_hba.conf does not ask for scram-sha-256 (%v)", err)
 	}
-	s, err := Start(ctx, cfg)
+	s, err := pgserve.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +64,7 @@ func TestServerLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ReadActivity(ctx, watch)
+	a, err := pgserve.ReadActivity(ctx, watch)
 	if err != nil || a.Active() || a.Idle != 1 {
 		t.Fatalf("activity with one idle session: %+v, %v", a, err)
 	}
@@ -87,7 +72,7 @@ func TestServerLifecycle(t *testing.T) {
 	if _, err := conn.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	if a, err = ReadActivity(ctx, watch); err != nil || !a.Active() || a.Busy != 1 {
+	if a, err = pgserve.ReadActivity(ctx, watch); err != nil || !a.Active() || a.Busy != 1 {
 		t.Fatalf("activity with a session idle in transaction: %+v, %v", a, err)
 	}
 	conn.Close(ctx)
@@ -103,7 +88,7 @@ func TestServerLifecycle(t *testing.T) {
 		t.Fatalf("postmaster %d still alive after Stop", pid)
 	}
 
-	s, err = Start(ctx, cfg)
+	s, err = pgserve.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,31 +110,31 @@ func TestBadInput(t *testing.T) {
 	ctx := context.Background()
 	missing := cfg
 	missing.BinDir = "/nonexistent/bin"
-	if err := Init(ctx, missing); err == nil || !strings.Contains(err.Error(), "/nonexistent/bin/initdb") {
+	if err := pgserve.Init(ctx, missing); err == nil || !strings.Contains(err.Error(), "/nonexistent/bin/initdb") {
 		t.Errorf("initdb with a missing binary: %v", err)
 	}
-	if _, err := Start(ctx, cfg); err == nil || !strings.Contains(err.Error(), "no cluster") {
+	if _, err := pgserve.Start(ctx, cfg); err == nil || !strings.Contains(err.Error(), "no cluster") {
 		t.Errorf("start without a cluster: %v", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(cfg.DataDir, "stray"), nil, 0o600)
-	if err := Init(ctx, cfg); err == nil || !strings.Contains(err.Error(), "not empty") {
+	if err := pgserve.Init(ctx, cfg); err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Errorf("initdb into a non-empty directory: %v", err)
 	}
 	os.Remove(filepath.Join(cfg.DataDir, "stray"))
 	nopw := cfg
 	nopw.Password = ""
-	if err := Init(ctx, nopw); err == nil {
+	if err := pgserve.Init(ctx, nopw); err == nil {
 		t.Error("initdb without a password or trust")
 	}
-	if err := Init(ctx, cfg); err != nil {
+	if err := pgserve.Init(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	broken := cfg
 	broken.Conf = map[string]string{"shared_buffers": "not-a-size"}
-	if _, err := Start(ctx, broken); err == nil || !strings.Contains(err.Error(), "exited while starting") {
+	if _, err := pgserve.Start(ctx, broken); err == nil || !strings.Contains(err.Error(), "exited while starting") {
 		t.Errorf("start with a bad setting: %v", err)
 	}
 }

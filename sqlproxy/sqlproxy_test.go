@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/neonfs/neonfs/pgserve/pgservetest"
 
 	"github.com/jackc/pgx/v5"
 
@@ -53,24 +53,7 @@ func (b *lazyBackend) Touch() { b.touches.Add(1) }
 
 func setup(t *testing.T) (*lazyBackend, *Proxy) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a real Postgres: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run Postgres as the postgres user")
-	}
-	if _, err := user.Lookup("postgres"); err != nil {
-		t.Skip("no postgres user (scripts/deps.sh installs Postgres 15)")
-	}
-	if _, err := os.Stat(filepath.Join(pgserve.DefaultBinDir, "postgres")); err != nil {
-		t.Skip("Postgres 15 is not installed (scripts/deps.sh)")
-	}
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := pgservetest.Dir(t)
 	cfg := pgserve.Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
 		Password: pgserve.NewPassword(), Conf: map[string]string{"shared_buffers": "16MB", "fsync": "off"}}
 	if err := pgserve.Init(context.Background(), cfg); err != nil {
