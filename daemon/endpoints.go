@@ -165,6 +165,15 @@ func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
 	if _, ok := d.vol.Branches().ByName(spec.Branch); !ok {
 		return EndpointReply{}, fmt.Errorf("no branch %q", spec.Branch)
 	}
+	bin := spec.PGBin
+	if bin == "" {
+		bin = pgserve.DefaultBinDir
+	}
+	for _, b := range []string{"postgres", "initdb"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			return EndpointReply{}, fmt.Errorf("postgres binary %s: %w (choose the directory with --pg-bin)", filepath.Join(bin, b), err)
+		}
+	}
 	if _, err := time.ParseDuration(spec.SuspendAfter); err != nil {
 		return EndpointReply{}, fmt.Errorf("--suspend-after %q: want a duration like 5m (0 never suspends)", spec.SuspendAfter)
 	}

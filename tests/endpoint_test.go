@@ -118,6 +118,7 @@ func TestEndpointScaleToZero(t *testing.T) {
 	c.refused(t, `no branch "nosuch"`, "endpoint", "create", "nosuch")
 	c.refused(t, "address already in use", "endpoint", "create", "main", "--port", busyPort)
 	c.refused(t, "--auth", "endpoint", "create", "main", "--auth", "md5")
+	c.refused(t, "postgres binary /nonexistent/bin/postgres", "endpoint", "create", "main", "--pg-bin", "/nonexistent/bin")
 	port := freePort(t)
 	url := strings.TrimSpace(c.ok(t, "endpoint", "create", "main", "--port", strconv.Itoa(port), "--suspend-after", "3s",
 		"--pg-conf", "shared_buffers=32MB"))
