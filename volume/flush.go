@@ -39,10 +39,7 @@ func (v *Volume) flusher() {
 		case <-v.flushKick:
 		}
 		v.flushMu.Lock()
-		// A memtable over MaxUnflushed holds writers at the gate: flush it
-		// even when it is under FlushBytes (MaxUnflushed set lower), or
-		// they would wait for ever.
-		if active, frozen := v.store.MemBytes(); active >= v.opts.FlushBytes || active > 0 && active+frozen > v.opts.MaxUnflushed {
+		if v.needsFlush(v.store.MemBytes()) {
 			v.flushing.Store(true)
 			if err := v.flushLocked(ctx); err != nil {
 				msg := err.Error()
@@ -68,6 +65,16 @@ func (v *Volume) flusher() {
 		}
 		v.flushMu.Unlock()
 	}
+}
+
+// needsFlush says whether the memtable (active and frozen bytes) should be
+// flushed now: the active part reached FlushBytes, or the whole is over
+// MaxUnflushed, which holds writers at the admission gate. The second
+// counts frozen bytes with no active ones too: a Raft snapshot freezes the
+// active segment (Store.Capture), and writers held by those bytes would
+// otherwise wait for ever.
+func (v *Volume) needsFlush(active, frozen int64) bool {
+	return active >= v.opts.FlushBytes || active+frozen > v.opts.MaxUnflushed
 }
 
 // Flush writes everything applied so far to a layer, records it through

@@ -240,3 +240,25 @@ func TestMemtableBoundUnderFlushThreshold(t *testing.T) {
 		t.Error("no layer flushed")
 	}
 }
+
+// The flusher flushes a memtable over MaxUnflushed whatever its parts: a
+// Raft snapshot can leave it all frozen, with nothing active.
+func TestNeedsFlush(t *testing.T) {
+	v := &Volume{opts: Options{FlushBytes: 100, MaxUnflushed: 64}}
+	for _, tc := range []struct {
+		active, frozen int64
+		want           bool
+	}{
+		{0, 0, false},
+		{50, 0, false},
+		{100, 0, true},
+		{65, 0, true},
+		{0, 65, true},
+		{30, 30, false},
+		{30, 40, true},
+	} {
+		if got := v.needsFlush(tc.active, tc.frozen); got != tc.want {
+			t.Errorf("needsFlush(%d active, %d frozen) = %v, want %v", tc.active, tc.frozen, got, tc.want)
+		}
+	}
+}
