@@ -12,12 +12,14 @@ build:
 
 # Everything, end-to-end tests included (they need root and /dev/fuse):
 # installs what is missing first, as the demo does. The S3 tests fail
-# instead of skipping when versitygw is missing.
+# instead of skipping when versitygw is missing, the unit-file tests when
+# systemd-analyze is.
 # The storage packages' unit tests run under the race detector; the rest
 # (the file system, the end-to-end tests) without it.
-UNIT    = blockstore objstore volume snapshot durable raftwal internal pgserve sqlproxy endpoint
+UNIT    = blockstore objstore volume snapshot durable raftwal internal pgserve sqlproxy endpoint metrics daemon systemd
 UNITRE  = /($(shell echo $(UNIT) | tr ' ' '|'))(/|$$)
 test: export NEONFS_REQUIRE_S3 = 1
+test: export NEONFS_REQUIRE_SYSTEMD = 1
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(UNITRE)')
@@ -30,8 +32,9 @@ test-short:
 deps:
 	scripts/deps.sh
 
-# Mount a volume at /mnt/neonfs and run Postgres on it.
-demo: deps build
+# Serve a volume with an endpoint for branch main (Postgres on demand,
+# suspended when idle); installs only Postgres, if missing.
+demo: build
 	scripts/demo.sh start $(BIN)
 
 demo-stop:

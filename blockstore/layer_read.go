@@ -12,6 +12,7 @@ import (
 	"hash/crc32"
 	"math"
 	"sort"
+	"sync/atomic"
 
 	"github.com/VictoriaMetrics/fastcache"
 	"github.com/klauspost/compress/s2"
@@ -41,6 +42,23 @@ type Layer struct {
 	// cache) do not share cache entries; a cached record that still fails
 	// verification is refetched, not reported corrupt.
 	cacheID []byte
+
+	counts *cacheCounts // the store's; nil for a layer opened on its own
+}
+
+// cacheCounts counts record reads by where they were served from: the
+// block cache (a hit) or the object store (a miss). One read of a record
+// is one or the other, however many cache lookups it took.
+type cacheCounts struct{ hits, misses atomic.Uint64 }
+
+func (l *Layer) count(hit bool) {
+	switch {
+	case l.counts == nil:
+	case hit:
+		l.counts.hits.Add(1)
+	default:
+		l.counts.misses.Add(1)
+	}
 }
 
 type layerIndexEntry struct {
@@ -217,6 +235,7 @@ func (l *Layer) headCached(e *layerIndexEntry, maxLSN uint64) (Version, bool) {
 	if v.Value.Kind == ValData {
 		v.Value.Data = b[9:]
 	}
+	l.count(true)
 	return v, true
 }
 
@@ -354,12 +373,17 @@ func (l *Layer) fromCache(e *layerIndexEntry) ([]Version, bool) {
 		return nil, false
 	}
 	vs, err := l.decodeRecord(e, rec)
-	return vs, err == nil
+	if err != nil {
+		return nil, false
+	}
+	l.count(true)
+	return vs, true
 }
 
 // fromStore verifies rec, freshly read from the store, as the record of e
 // and caches it.
 func (l *Layer) fromStore(e *layerIndexEntry, rec []byte) ([]Version, error) {
+	l.count(false)
 	vs, err := l.decodeRecord(e, rec)
 	if err != nil {
 		forgetCorrupt(l.store, l.meta.Name, err)

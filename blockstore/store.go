@@ -32,6 +32,7 @@ type ReadPoint struct {
 type Store struct {
 	objects objstore.ObjectStore
 	cache   *fastcache.Cache
+	counts  cacheCounts   // reads of layer records: block cache or object store
 	gen     atomic.Uint64 // writer generation, part of every new layer's name
 
 	encMu  sync.Mutex
@@ -82,6 +83,12 @@ func (s *Store) Apply(lsn uint64, puts []Entry) {
 	}
 	act.maxLSN = max(act.maxLSN, lsn)
 	s.applied = max(s.applied, lsn)
+}
+
+// CacheStats counts reads of layer records served by the block cache
+// (hits) and from the object store (misses). Memtable reads are neither.
+func (s *Store) CacheStats() (hits, misses uint64) {
+	return s.counts.hits.Load(), s.counts.misses.Load()
 }
 
 // Applied is the highest LSN applied.
@@ -303,6 +310,9 @@ func (s *Store) Layers() []LayerMeta {
 func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
 	r.once.Do(func() {
 		r.l, r.err = OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
+		if r.l != nil {
+			r.l.counts = &s.counts
+		}
 		forgetCorrupt(s.objects, r.meta.Name, r.err)
 		if r.err != nil {
 			slog.Error("open layer", "layer", r.meta.Name, "err", r.err)

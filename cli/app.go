@@ -47,6 +47,7 @@ func App() *ucli.App {
 			connectionStringCommand(),
 			statusCommand(),
 			branchCommand(),
+			systemdCommand(),
 		},
 		HideHelpCommand: true,
 	}

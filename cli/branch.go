@@ -10,10 +10,13 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/neonfs/neonfs/daemon"
 	"github.com/neonfs/neonfs/volume"
 )
 
 var jsonFlag = &ucli.BoolFlag{Name: "json", Usage: "print JSON"}
+
+var forceFlag = &ucli.BoolFlag{Name: "force", Usage: "stop the branch's Postgres (its endpoint) instead of refusing while it runs"}
 
 const pointUsage = "LSN, RFC3339 time (2026-11-24T14:05:00Z) or duration ago (-15m, -2h, -1d)"
 
@@ -26,20 +29,41 @@ func branchCommand() *ucli.Command {
 				Name:      "create",
 				Usage:     "create a copy-on-write branch (instant: copies no data)",
 				ArgsUsage: "NAME",
-				Flags: []ucli.Flag{dataFlag, jsonFlag,
+				Description: "Through a running daemon, a parent whose endpoint runs Postgres checkpoints just\n" +
+					"before the fork (--no-checkpoint skips it), so the branch starts without replaying WAL.\n" +
+					"With --endpoint the branch gets its own endpoint (the endpoint create flags apply)\n" +
+					"and the connection string is printed; if the endpoint cannot be made, no branch is left.",
+				Flags: append([]ucli.Flag{dataFlag, jsonFlag,
 					&ucli.StringFlag{Name: "parent", Value: "main", Usage: "branch to fork"},
 					&ucli.StringFlag{Name: "at", Usage: "fork at this point of the parent's history (default: now): " + pointUsage},
-				},
+					&ucli.BoolFlag{Name: "endpoint", Usage: "also create an endpoint for the branch and print its connection string"},
+					&ucli.BoolFlag{Name: "no-checkpoint", Usage: "do not ask the parent's running Postgres for a CHECKPOINT before the fork"},
+				}, endpointFlags()...),
 				Action: branchAction(1, func(c *ucli.Context, v volumeAPI, args []string) error {
-					info, err := v.CreateBranch(c.Context, args[0], c.String("parent"), c.String("at"))
-					if err != nil {
+					r, viaDaemon := v.(*remote)
+					if !viaDaemon {
+						if c.Bool("endpoint") {
+							return fmt.Errorf("--endpoint: no daemon serves %s: start one with `neonfs serve --data %s`", c.String("data"), c.String("data"))
+						}
+						info, err := v.CreateBranch(c.Context, args[0], c.String("parent"), c.String("at"))
+						if err != nil {
+							return err
+						}
+						return printCreated(c, daemon.CreateReply{BranchInfo: info})
+					}
+					a := daemon.Args{Name: args[0], Parent: c.String("parent"), Point: c.String("at"), NoCheckpoint: c.Bool("no-checkpoint")}
+					if c.Bool("endpoint") {
+						spec, err := endpointSpec(c, args[0])
+						if err != nil {
+							return err
+						}
+						a.Endpoint = spec
+					}
+					var rep daemon.CreateReply
+					if err := r.call(c.Context, "create", a, &rep); err != nil {
 						return err
 					}
-					if c.Bool("json") {
-						return printJSON(info)
-					}
-					fmt.Printf("created branch %s from %s at LSN %d%s\n", info.Name, info.Parent, info.ForkLSN, atTime(info.ForkTime))
-					return nil
+					return printCreated(c, rep)
 				}),
 			},
 			{
@@ -61,11 +85,17 @@ func branchCommand() *ucli.Command {
 			},
 			{
 				Name:      "delete",
-				Usage:     "delete a branch (not while mounted or while it has children)",
+				Usage:     "delete a branch (not while mounted or while it has children), and its endpoint",
 				ArgsUsage: "NAME",
-				Flags:     []ucli.Flag{dataFlag},
+				Flags:     []ucli.Flag{dataFlag, forceFlag},
 				Action: branchAction(1, func(c *ucli.Context, v volumeAPI, args []string) error {
-					if err := v.DeleteBranch(c.Context, args[0]); err != nil {
+					var err error
+					if r, ok := v.(*remote); ok {
+						err = r.call(c.Context, "delete", daemon.Args{Name: args[0], Force: c.Bool("force")}, nil)
+					} else {
+						err = v.DeleteBranch(c.Context, args[0])
+					}
+					if err != nil {
 						return err
 					}
 					fmt.Printf("deleted branch %s\n", args[0])
@@ -76,10 +106,16 @@ func branchCommand() *ucli.Command {
 				Name:      "reset",
 				Usage:     "move a branch to its parent's latest state (the old state is kept as NAME_old_<time>)",
 				ArgsUsage: "NAME",
-				Flags: []ucli.Flag{dataFlag, jsonFlag,
+				Flags: []ucli.Flag{dataFlag, jsonFlag, forceFlag,
 					&ucli.BoolFlag{Name: "no-preserve", Usage: "drop the old state instead of keeping it as a branch"}},
 				Action: branchAction(1, func(c *ucli.Context, v volumeAPI, args []string) error {
-					res, err := v.ResetBranch(c.Context, args[0], !c.Bool("no-preserve"))
+					var res volume.ReplaceResult
+					var err error
+					if r, ok := v.(*remote); ok {
+						err = r.call(c.Context, "reset", daemon.Args{Name: args[0], Preserve: !c.Bool("no-preserve"), Force: c.Bool("force")}, &res)
+					} else {
+						res, err = v.ResetBranch(c.Context, args[0], !c.Bool("no-preserve"))
+					}
 					if err != nil {
 						return err
 					}
@@ -90,11 +126,18 @@ func branchCommand() *ucli.Command {
 				Name:      "restore",
 				Usage:     "move a branch back to a point of its own history (the old state is kept as NAME_old_<time>)",
 				ArgsUsage: "NAME",
-				Flags: []ucli.Flag{dataFlag, jsonFlag,
+				Flags: []ucli.Flag{dataFlag, jsonFlag, forceFlag,
 					&ucli.StringFlag{Name: "at", Required: true, Usage: "point to restore: " + pointUsage},
 					&ucli.BoolFlag{Name: "no-preserve", Usage: "do not keep the old state as a visible branch"}},
 				Action: branchAction(1, func(c *ucli.Context, v volumeAPI, args []string) error {
-					res, err := v.RestoreBranch(c.Context, args[0], c.String("at"), !c.Bool("no-preserve"))
+					var res volume.ReplaceResult
+					var err error
+					if r, ok := v.(*remote); ok {
+						err = r.call(c.Context, "restore", daemon.Args{Name: args[0], Point: c.String("at"),
+							Preserve: !c.Bool("no-preserve"), Force: c.Bool("force")}, &res)
+					} else {
+						res, err = v.RestoreBranch(c.Context, args[0], c.String("at"), !c.Bool("no-preserve"))
+					}
 					if err != nil {
 						return err
 					}
@@ -143,6 +186,23 @@ func branchAction(nargs int, fn func(*ucli.Context, volumeAPI, []string) error) 
 			return fn(c, v, c.Args().Slice())
 		})
 	}
+}
+
+// printCreated prints branch create's answer; with an endpoint, the
+// connection string alone on stdout (for scripts) and the rest on stderr.
+func printCreated(c *ucli.Context, rep daemon.CreateReply) error {
+	if c.Bool("json") {
+		return printJSON(rep)
+	}
+	line := fmt.Sprintf("created branch %s from %s at LSN %d%s\n", rep.Name, rep.Parent, rep.ForkLSN, atTime(rep.ForkTime))
+	if rep.Endpoint == nil {
+		fmt.Print(line)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, line)
+	fmt.Fprintf(os.Stderr, "endpoint listening on %s\n", rep.Endpoint.Address)
+	fmt.Println(rep.Endpoint.ConnString)
+	return nil
 }
 
 func printJSON(v any) error {

@@ -173,6 +173,7 @@ func mountCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "at", Usage: "mount the branch read-only as it was at this point: LSN, RFC3339 time or -duration (-15m)"},
 			&ucli.BoolFlag{Name: "writeback-cache", Value: true, Usage: "let the kernel page cache absorb writes until fsync"},
 			&ucli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
+			metricsFlag,
 		}, volumeFlags()...),
 		Action: runMount,
 	}
@@ -191,6 +192,9 @@ func runMount(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkMetricsAddr(c.String("metrics")); err != nil {
+		return err
+	}
 	// Check the mountpoint before replaying the log: a bad path should fail fast.
 	if err := daemon.CheckMountpoint(mnt); err != nil {
 		return err
@@ -202,6 +206,9 @@ func runMount(c *ucli.Context) error {
 	if r, ok, err := daemonRunning(c.Context, dir); err != nil {
 		return err
 	} else if ok {
+		if c.String("metrics") != "" {
+			return fmt.Errorf("--metrics: a daemon already serves %s; give --metrics to the command that started it", dir)
+		}
 		var rep daemon.MountReply
 		if err := r.call(c.Context, "mount", daemon.Args{Name: req.Branch, Point: req.At, Mountpoint: mnt, Writeback: req.Writeback}, &rep); err != nil {
 			return err
@@ -221,6 +228,12 @@ func runMount(c *ucli.Context) error {
 		return fmt.Errorf("open volume: %w", err)
 	}
 	d := daemon.New(dir, vol, c.Bool("fuse-debug"))
+	stopMetrics, err := startMetrics(d, c.String("metrics"))
+	if err != nil {
+		vol.Close()
+		return err
+	}
+	defer stopMetrics()
 	return daemon.Run(ctx, d, req, func(rep daemon.MountReply) {
 		fmt.Fprintf(os.Stderr, "neonfs: mounted branch %s of %s at %s\n", rep.Branch, dir, rep.Mountpoint)
 	})

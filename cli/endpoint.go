@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -30,6 +31,7 @@ func serveCommand() *ucli.Command {
 		Flags: append([]ucli.Flag{dataFlag,
 			&ucli.StringFlag{Name: "run-dir", Usage: "where endpoint branches are mounted and Postgres sockets live (default /run/neonfs/<volume dir name>)"},
 			&ucli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
+			metricsFlag,
 		}, volumeFlags()...),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
@@ -38,6 +40,9 @@ func serveCommand() *ucli.Command {
 			dir := c.String("data")
 			opts, err := volumeOptions(c)
 			if err != nil {
+				return err
+			}
+			if err := checkMetricsAddr(c.String("metrics")); err != nil {
 				return err
 			}
 			if _, err := volume.ReadConfig(dir); err != nil {
@@ -60,9 +65,16 @@ func serveCommand() *ucli.Command {
 				return fmt.Errorf("open volume: %w", err)
 			}
 			d := daemon.New(dir, vol, c.Bool("fuse-debug"))
+			d.Inherit(daemon.SystemdListeners()) // neonfs@VOLUME.socket's, if any
 			if err := d.EnableEndpoints(runDir); err != nil {
-				return fmt.Errorf("%w (%v)", err, vol.Close())
+				return errors.Join(err, vol.Close())
 			}
+			stopMetrics, err := startMetrics(d, c.String("metrics"))
+			if err != nil {
+				vol.Close()
+				return err
+			}
+			defer stopMetrics()
 			return daemon.Serve(ctx, d, func() {
 				fmt.Fprintf(os.Stderr, "neonfs: serving %s (endpoints under %s)\n", dir, runDir)
 			})
@@ -94,50 +106,21 @@ func endpointCommand() *ucli.Command {
 				Name:      "create",
 				Usage:     "serve a branch's Postgres on a port (initdb on first use); prints the connection string",
 				ArgsUsage: "BRANCH",
-				Flags: []ucli.Flag{dataFlag, jsonFlag,
-					&ucli.IntFlag{Name: "port", Usage: "TCP port (default: the first free one from 5432)"},
-					&ucli.StringFlag{Name: "listen", Value: "127.0.0.1", Usage: "address to listen on"},
-					&ucli.DurationFlag{Name: "suspend-after", Value: 5 * time.Minute, Usage: "suspend after this long without activity (0: never)"},
-					&ucli.StringSliceFlag{Name: "pg-conf", Usage: "postgresql.conf setting KEY=VALUE (repeatable)"},
-					&ucli.StringFlag{Name: "auth", Value: "scram-sha-256", Usage: "scram-sha-256, or trust"},
-					&ucli.StringFlag{Name: "pg-bin", Usage: "Postgres binaries (default /usr/lib/postgresql/15/bin)"},
-				},
+				Flags:     append([]ucli.Flag{dataFlag, jsonFlag}, endpointFlags()...),
 				Action: func(c *ucli.Context) error {
 					if c.NArg() != 1 {
 						return fmt.Errorf("endpoint create: want exactly one BRANCH argument, got %d", c.NArg())
 					}
-					spec := daemon.EndpointSpec{Branch: c.Args().First(), SuspendAfter: c.Duration("suspend-after").String(),
-						PGBin: c.String("pg-bin")}
-					if c.Int("port") < 0 || c.Int("port") > 65535 {
-						return fmt.Errorf("--port %d: want 1-65535", c.Int("port"))
-					}
-					if net.ParseIP(c.String("listen")) == nil && c.String("listen") != "localhost" {
-						return fmt.Errorf("--listen %q: want an IP address", c.String("listen"))
-					}
-					spec.Listen = net.JoinHostPort(c.String("listen"), strconv.Itoa(c.Int("port")))
-					switch c.String("auth") {
-					case "scram-sha-256":
-					case "trust":
-						spec.Trust = true
-					default:
-						return fmt.Errorf("--auth %q: want scram-sha-256 or trust", c.String("auth"))
-					}
-					for _, kv := range c.StringSlice("pg-conf") {
-						k, v, ok := strings.Cut(kv, "=")
-						if !ok || k == "" {
-							return fmt.Errorf("--pg-conf %q: want KEY=VALUE", kv)
-						}
-						if spec.Conf == nil {
-							spec.Conf = map[string]string{}
-						}
-						spec.Conf[k] = v
+					spec, err := endpointSpec(c, c.Args().First())
+					if err != nil {
+						return err
 					}
 					r, err := remoteFor(c.Context, c.String("data"))
 					if err != nil {
 						return err
 					}
 					var rep daemon.EndpointReply
-					if err := r.call(c.Context, "endpoint-create", daemon.Args{Endpoint: &spec}, &rep); err != nil {
+					if err := r.call(c.Context, "endpoint-create", daemon.Args{Endpoint: spec}, &rep); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -180,6 +163,12 @@ func endpointCommand() *ucli.Command {
 					return w.Flush()
 				},
 			},
+			endpointVerb("stop", "stop a branch's Postgres and refuse clients until `endpoint start` (kept across restarts)",
+				"endpoint-stop", "stopped the endpoint of %s\n"),
+			endpointVerb("start", "let clients wake a stopped endpoint again, and start its Postgres now; prints the connection string",
+				"endpoint-start", ""),
+			endpointVerb("suspend", "stop a branch's Postgres now, as when idle: the next client wakes it",
+				"endpoint-suspend", "suspended the endpoint of %s\n"),
 			{
 				Name:      "delete",
 				Usage:     "stop a branch's endpoint (Postgres too) and forget it",
@@ -200,6 +189,81 @@ func endpointCommand() *ucli.Command {
 					return nil
 				},
 			},
+		},
+	}
+}
+
+// endpointFlags are endpoint create's, shared with branch create --endpoint.
+func endpointFlags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.IntFlag{Name: "port", Usage: "TCP port (default: the first free one from 5432)"},
+		&ucli.StringFlag{Name: "listen", Value: "127.0.0.1", Usage: "address to listen on"},
+		&ucli.DurationFlag{Name: "suspend-after", Value: 5 * time.Minute, Usage: "suspend after this long without activity (0: never)"},
+		&ucli.StringSliceFlag{Name: "pg-conf", Usage: "postgresql.conf setting KEY=VALUE (repeatable)"},
+		&ucli.StringFlag{Name: "auth", Value: "scram-sha-256", Usage: "scram-sha-256, or trust"},
+		&ucli.StringFlag{Name: "pg-bin", Usage: "Postgres binaries (default /usr/lib/postgresql/15/bin)"},
+	}
+}
+
+// endpointSpec reads endpointFlags.
+func endpointSpec(c *ucli.Context, branch string) (*daemon.EndpointSpec, error) {
+	spec := &daemon.EndpointSpec{Branch: branch, SuspendAfter: c.Duration("suspend-after").String(), PGBin: c.String("pg-bin")}
+	if c.Duration("suspend-after") < 0 {
+		return nil, fmt.Errorf("--suspend-after %s: want 0 (never) or more", c.Duration("suspend-after"))
+	}
+	if c.Int("port") < 0 || c.Int("port") > 65535 {
+		return nil, fmt.Errorf("--port %d: want 1-65535", c.Int("port"))
+	}
+	if net.ParseIP(c.String("listen")) == nil && c.String("listen") != "localhost" {
+		return nil, fmt.Errorf("--listen %q: want an IP address", c.String("listen"))
+	}
+	spec.Listen = net.JoinHostPort(c.String("listen"), strconv.Itoa(c.Int("port")))
+	switch c.String("auth") {
+	case "scram-sha-256":
+	case "trust":
+		spec.Trust = true
+	default:
+		return nil, fmt.Errorf("--auth %q: want scram-sha-256 or trust", c.String("auth"))
+	}
+	for _, kv := range c.StringSlice("pg-conf") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--pg-conf %q: want KEY=VALUE", kv)
+		}
+		if spec.Conf == nil {
+			spec.Conf = map[string]string{}
+		}
+		spec.Conf[k] = v
+	}
+	return spec, nil
+}
+
+// endpointVerb is a one-branch endpoint command: call the daemon, print
+// done (or, when empty, the connection string it answers).
+func endpointVerb(name, usage, call, done string) *ucli.Command {
+	return &ucli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "BRANCH",
+		Flags:     []ucli.Flag{dataFlag},
+		Action: func(c *ucli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("endpoint %s: want exactly one BRANCH argument, got %d", name, c.NArg())
+			}
+			r, err := remoteFor(c.Context, c.String("data"))
+			if err != nil {
+				return err
+			}
+			var rep daemon.EndpointReply
+			if err := r.call(c.Context, call, daemon.Args{Name: c.Args().First()}, &rep); err != nil {
+				return err
+			}
+			if done == "" {
+				fmt.Println(rep.ConnString)
+			} else {
+				fmt.Printf(done, c.Args().First())
+			}
+			return nil
 		},
 	}
 }

@@ -35,8 +35,14 @@ type Args struct {
 	B          string `json:"b,omitempty"`
 	Mountpoint string `json:"mountpoint,omitempty"`
 	Writeback  bool   `json:"writeback,omitempty"`
-	// Endpoint is endpoint create's.
+	// Endpoint is endpoint create's, and branch create's with --endpoint.
 	Endpoint *EndpointSpec `json:"endpoint,omitempty"`
+	// Force: branch delete, reset and restore stop the branch's Postgres
+	// instead of refusing.
+	Force bool `json:"force,omitempty"`
+	// NoCheckpoint: branch create forks without asking the parent's
+	// Postgres for a checkpoint first.
+	NoCheckpoint bool `json:"no_checkpoint,omitempty"`
 }
 
 // ErrorReply is a failed call's answer.
@@ -52,14 +58,14 @@ func rpcHandlers(d *Daemon) map[string]func(context.Context, Args) (any, error) 
 		"ping":     func(context.Context, Args) (any, error) { return "pong", nil },
 		"branches": func(ctx context.Context, _ Args) (any, error) { return v.ListBranches(ctx) },
 		"create": func(ctx context.Context, a Args) (any, error) {
-			return v.CreateBranch(ctx, a.Name, a.Parent, a.Point)
+			return d.CreateBranch(ctx, a.Name, a.Parent, a.Point, !a.NoCheckpoint, a.Endpoint)
 		},
-		"delete": func(ctx context.Context, a Args) (any, error) { return nil, v.DeleteBranch(ctx, a.Name) },
+		"delete": func(ctx context.Context, a Args) (any, error) { return nil, d.DeleteBranch(ctx, a.Name, a.Force) },
 		"reset": func(ctx context.Context, a Args) (any, error) {
-			return v.ResetBranch(ctx, a.Name, a.Preserve)
+			return d.ResetBranch(ctx, a.Name, a.Preserve, a.Force)
 		},
 		"restore": func(ctx context.Context, a Args) (any, error) {
-			return v.RestoreBranch(ctx, a.Name, a.Point, a.Preserve)
+			return d.RestoreBranch(ctx, a.Name, a.Point, a.Preserve, a.Force)
 		},
 		"diff": func(ctx context.Context, a Args) (any, error) { return v.Diff(ctx, a.A, a.B) },
 		"mount": func(ctx context.Context, a Args) (any, error) {
@@ -74,6 +80,9 @@ func rpcHandlers(d *Daemon) map[string]func(context.Context, Args) (any, error) 
 		},
 		"endpoint-list":     func(context.Context, Args) (any, error) { return d.ListEndpoints(), nil },
 		"endpoint-delete":   func(ctx context.Context, a Args) (any, error) { return nil, d.DeleteEndpoint(a.Name) },
+		"endpoint-stop":     func(ctx context.Context, a Args) (any, error) { return nil, d.StopEndpoint(ctx, a.Name) },
+		"endpoint-start":    func(ctx context.Context, a Args) (any, error) { return d.StartEndpoint(ctx, a.Name) },
+		"endpoint-suspend":  func(ctx context.Context, a Args) (any, error) { return nil, d.SuspendEndpoint(ctx, a.Name) },
 		"connection-string": func(ctx context.Context, a Args) (any, error) { return d.ConnectionString(a.Name) },
 	}
 }

@@ -39,6 +39,7 @@ type Daemon struct {
 	runDir    string
 	endpoints map[string]*runningEndpoint // by branch
 	epOps     sync.Mutex                  // endpoint create and delete take turns (before mu)
+	inherited inheritedListeners          // systemd's sockets, until endpoints take them (systemd.go)
 }
 
 type served struct {

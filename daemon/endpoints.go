@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 	"github.com/neonfs/neonfs/endpoint"
 	"github.com/neonfs/neonfs/pgserve"
 	"github.com/neonfs/neonfs/sqlproxy"
+	"github.com/neonfs/neonfs/volume"
 )
 
 // EndpointSpec is an endpoint as recorded in the volume
@@ -31,6 +34,8 @@ type EndpointSpec struct {
 	Conf         map[string]string `json:"pg_conf,omitempty"`
 	Trust        bool              `json:"trust,omitempty"`
 	PGBin        string            `json:"pg_bin,omitempty"`
+	// Stopped: `endpoint stop` — clients are refused until `endpoint start`.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // EndpointInfo is one line of `endpoint list`.
@@ -80,7 +85,15 @@ func (m *branchMounter) Mount(ctx context.Context) (string, error) {
 	return m.dir(), nil
 }
 
-func (m *branchMounter) Unmount(context.Context) error { return m.d.Unmount(m.dir()) }
+// Unmount stops serving the branch; with nothing else mounted, the
+// volume gives its memory back (the daemon's floor while suspended).
+func (m *branchMounter) Unmount(context.Context) error {
+	if err := m.d.Unmount(m.dir()); err != nil {
+		return err
+	}
+	m.d.vol.ReleaseMemory()
+	return nil
+}
 
 // EnableEndpoints makes the daemon serve endpoints, with their mounts and
 // sockets under runDir. Only a daemon that runs until stopped (serve) may:
@@ -160,22 +173,13 @@ func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
 	d.epOps.Lock()
 	defer d.epOps.Unlock()
 	if d.endpoints == nil {
-		return EndpointReply{}, errors.New("endpoints need a daemon started by `neonfs serve` (this one, started by `neonfs mount`, ends with its last mount)")
+		return EndpointReply{}, d.checkSpec(&spec)
 	}
 	if _, ok := d.vol.Branches().ByName(spec.Branch); !ok {
 		return EndpointReply{}, fmt.Errorf("no branch %q", spec.Branch)
 	}
-	bin := spec.PGBin
-	if bin == "" {
-		bin = pgserve.DefaultBinDir
-	}
-	for _, b := range []string{"postgres", "initdb"} {
-		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
-			return EndpointReply{}, fmt.Errorf("postgres binary %s: %w (choose the directory with --pg-bin)", filepath.Join(bin, b), err)
-		}
-	}
-	if _, err := time.ParseDuration(spec.SuspendAfter); err != nil {
-		return EndpointReply{}, fmt.Errorf("--suspend-after %q: want a duration like 5m (0 never suspends)", spec.SuspendAfter)
+	if err := d.checkSpec(&spec); err != nil {
+		return EndpointReply{}, err
 	}
 	d.mu.Lock()
 	_, dup := d.endpoints[spec.Branch]
@@ -183,10 +187,8 @@ func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
 	if dup {
 		return EndpointReply{}, fmt.Errorf("branch %q already has an endpoint", spec.Branch)
 	}
-	host, port, err := net.SplitHostPort(spec.Listen)
-	if err != nil {
-		return EndpointReply{}, fmt.Errorf("listen address %q: %w", spec.Listen, err)
-	}
+	host, port, _ := net.SplitHostPort(spec.Listen)
+	var err error
 	if port == "0" {
 		if spec.Listen, err = FreePort(host); err != nil {
 			return EndpointReply{}, err
@@ -225,6 +227,48 @@ func (d *Daemon) CreateEndpoint(spec EndpointSpec) (EndpointReply, error) {
 	return d.ConnectionString(spec.Branch)
 }
 
+// checkSpec refuses an endpoint that could not start, before anything is
+// created for it.
+func (d *Daemon) checkSpec(spec *EndpointSpec) error {
+	if d.endpoints == nil {
+		return errors.New("endpoints need a daemon started by `neonfs serve` (this one, started by `neonfs mount`, ends with its last mount)")
+	}
+	bin := spec.PGBin
+	if bin == "" {
+		bin = pgserve.DefaultBinDir
+	}
+	for _, b := range []string{"postgres", "initdb"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			return fmt.Errorf("postgres binary %s: %w (choose the directory with --pg-bin)", filepath.Join(bin, b), err)
+		}
+	}
+	if _, err := time.ParseDuration(spec.SuspendAfter); err != nil {
+		return fmt.Errorf("--suspend-after %q: want a duration like 5m (0 never suspends)", spec.SuspendAfter)
+	}
+	if _, _, err := net.SplitHostPort(spec.Listen); err != nil {
+		return fmt.Errorf("listen address %q: %w", spec.Listen, err)
+	}
+	return nil
+}
+
+// maxSocketPath is the longest unix socket path Postgres accepts (the
+// kernel's sun_path less its NUL).
+const maxSocketPath = 107
+
+// socketDir is where branch's Postgres puts its unix socket: under the run
+// directory, named by a hash so that any branch name fits; when the run
+// directory itself is too deep for a socket path, under /run/neonfs
+// (root's: the directory must not be one another user could plant).
+func (d *Daemon) socketDir(branch string) string {
+	h := sha256.Sum256([]byte(branch))
+	dir := filepath.Join(d.runDir, "sockets", hex.EncodeToString(h[:6]))
+	if len(dir)+len("/.s.PGSQL.5432") <= maxSocketPath {
+		return dir
+	}
+	r := sha256.Sum256([]byte(d.runDir))
+	return filepath.Join("/run/neonfs/sockets", hex.EncodeToString(r[:6])+"-"+hex.EncodeToString(h[:6]))
+}
+
 // startEndpoint listens for spec's branch; the endpoint starts suspended.
 func (d *Daemon) startEndpoint(spec EndpointSpec) error {
 	suspend, err := time.ParseDuration(spec.SuspendAfter)
@@ -239,13 +283,13 @@ func (d *Daemon) startEndpoint(spec EndpointSpec) error {
 		}
 		password = strings.TrimSpace(string(b))
 	}
-	ln, err := net.Listen("tcp", spec.Listen)
+	ln, err := d.listen(spec.Branch, spec.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", spec.Listen, err)
 	}
 	spec.Listen = ln.Addr().String()
-	ep := endpoint.New(endpoint.Config{Branch: spec.Branch, SuspendAfter: suspend,
-		PG: pgserve.Config{BinDir: spec.PGBin, SocketDir: filepath.Join(d.runDir, "sockets", spec.Branch),
+	ep := endpoint.New(endpoint.Config{Branch: spec.Branch, SuspendAfter: suspend, Stopped: spec.Stopped,
+		PG: pgserve.Config{BinDir: spec.PGBin, SocketDir: d.socketDir(spec.Branch),
 			Password: password, Trust: spec.Trust, Conf: spec.Conf}},
 		&branchMounter{d: d, branch: spec.Branch})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -291,6 +335,173 @@ func (d *Daemon) deleteEndpointLocked(branch string) error {
 	d.mu.Unlock()
 	// The password stays: the branch's cluster keeps it for a next endpoint.
 	return errors.Join(err, werr)
+}
+
+// StopEndpoint suspends branch's endpoint and keeps it stopped (recorded,
+// so across restarts too): clients are refused until StartEndpoint.
+func (d *Daemon) StopEndpoint(ctx context.Context, branch string) error {
+	d.epOps.Lock()
+	defer d.epOps.Unlock()
+	r, err := d.endpointOf(branch)
+	if err != nil {
+		return err
+	}
+	if err := d.setStopped(r, true); err != nil {
+		return err
+	}
+	return r.ep.Stop(ctx)
+}
+
+// StartEndpoint lets clients wake branch's endpoint again, and wakes it.
+func (d *Daemon) StartEndpoint(ctx context.Context, branch string) (EndpointReply, error) {
+	d.epOps.Lock()
+	defer d.epOps.Unlock()
+	r, err := d.endpointOf(branch)
+	if err != nil {
+		return EndpointReply{}, err
+	}
+	if err := d.setStopped(r, false); err != nil {
+		return EndpointReply{}, err
+	}
+	if err := r.ep.Start(ctx); err != nil {
+		return EndpointReply{}, err
+	}
+	return d.ConnectionString(branch)
+}
+
+// SuspendEndpoint suspends branch's endpoint now; the next client wakes it.
+func (d *Daemon) SuspendEndpoint(ctx context.Context, branch string) error {
+	r, err := d.endpointOf(branch)
+	if err != nil {
+		return err
+	}
+	return r.ep.Suspend(ctx)
+}
+
+func (d *Daemon) endpointOf(branch string) (*runningEndpoint, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r := d.endpoints[branch]; r != nil {
+		return r, nil
+	}
+	return nil, fmt.Errorf("branch %q has no endpoint", branch)
+}
+
+// setStopped records r's stopped flag.
+func (d *Daemon) setStopped(r *runningEndpoint, stopped bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r.spec.Stopped == stopped {
+		return nil
+	}
+	r.spec.Stopped = stopped
+	if err := d.writeSpecsLocked(); err != nil {
+		r.spec.Stopped = !stopped
+		return fmt.Errorf("record endpoint: %w", err)
+	}
+	return nil
+}
+
+// holdBranch runs fn (a reset, restore or delete of branch) while the
+// branch's endpoint, if any, cannot wake; an endpoint running Postgres
+// refuses it unless force stops Postgres first.
+func (d *Daemon) holdBranch(ctx context.Context, branch string, force bool, fn func() error) error {
+	d.mu.Lock()
+	r := d.endpoints[branch]
+	d.mu.Unlock()
+	if r == nil {
+		return fn()
+	}
+	return r.ep.Hold(ctx, force, fn)
+}
+
+// DeleteBranch deletes a branch, and its endpoint with it: refused while
+// the endpoint runs Postgres unless force.
+func (d *Daemon) DeleteBranch(ctx context.Context, name string, force bool) error {
+	d.epOps.Lock()
+	defer d.epOps.Unlock()
+	if err := d.holdBranch(ctx, name, force, func() error { return d.vol.DeleteBranch(ctx, name) }); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	_, has := d.endpoints[name]
+	d.mu.Unlock()
+	if has {
+		if err := d.deleteEndpointLocked(name); err != nil {
+			return fmt.Errorf("deleted branch %s, but its endpoint: %w", name, err)
+		}
+	}
+	// The password went with the cluster.
+	os.Remove(d.passwordPath(name))
+	return nil
+}
+
+// ResetBranch and RestoreBranch replace a branch's state under its
+// endpoint: refused while the endpoint runs Postgres unless force; a
+// suspended endpoint wakes into the new state.
+func (d *Daemon) ResetBranch(ctx context.Context, name string, preserve, force bool) (res volume.ReplaceResult, err error) {
+	err = d.holdBranch(ctx, name, force, func() (err error) {
+		res, err = d.vol.ResetBranch(ctx, name, preserve)
+		return err
+	})
+	return res, err
+}
+
+func (d *Daemon) RestoreBranch(ctx context.Context, name, point string, preserve, force bool) (res volume.ReplaceResult, err error) {
+	err = d.holdBranch(ctx, name, force, func() (err error) {
+		res, err = d.vol.RestoreBranch(ctx, name, point, preserve)
+		return err
+	})
+	return res, err
+}
+
+// CreateReply answers branch create: the branch, and its endpoint when
+// one was asked for.
+type CreateReply struct {
+	volume.BranchInfo
+	Endpoint *EndpointReply `json:"endpoint,omitempty"`
+}
+
+// CreateBranch forks a branch; when the parent's endpoint runs Postgres
+// and checkpoint is set (and the fork is at "now"), Postgres checkpoints
+// just before, so the branch starts without replaying minutes of WAL.
+// With spec, the branch gets an endpoint too, or is deleted again.
+func (d *Daemon) CreateBranch(ctx context.Context, name, parent, point string, checkpoint bool, spec *EndpointSpec) (CreateReply, error) {
+	if spec != nil {
+		spec.Branch = name
+		if err := d.checkSpec(spec); err != nil {
+			return CreateReply{}, err
+		}
+	}
+	if checkpoint && point == "" {
+		d.mu.Lock()
+		r := d.endpoints[parent]
+		d.mu.Unlock()
+		if r != nil {
+			start := time.Now()
+			if err := r.ep.Checkpoint(ctx); err != nil {
+				return CreateReply{}, fmt.Errorf("checkpoint %s before the fork (skip with --no-checkpoint): %w", parent, err)
+			}
+			slog.Info("checkpointed before a fork", "parent", parent, "branch", name, "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	info, err := d.vol.CreateBranch(ctx, name, parent, point)
+	if err != nil {
+		return CreateReply{}, err
+	}
+	rep := CreateReply{BranchInfo: info}
+	if spec == nil {
+		return rep, nil
+	}
+	ep, err := d.CreateEndpoint(*spec)
+	if err != nil {
+		if derr := d.vol.DeleteBranch(ctx, name); derr != nil {
+			return CreateReply{}, fmt.Errorf("endpoint: %w (and the new branch %s could not be deleted: %v)", err, name, derr)
+		}
+		return CreateReply{}, fmt.Errorf("endpoint: %w (branch %s not created)", err, name)
+	}
+	rep.Endpoint = &ep
+	return rep, nil
 }
 
 // inheritedPassword is the password of the nearest ancestor of branch
@@ -383,8 +594,11 @@ func Serve(ctx context.Context, d *Daemon, ready func()) error {
 	if err := d.restoreEndpoints(); err != nil {
 		slog.Error("restore endpoints", "err", err)
 	}
+	d.closeUnclaimed()
 	ready()
+	notify(notifyReady)
 	<-ctx.Done()
+	notify(notifyStopping)
 	slog.Info("signal received: stopping endpoints and unmounting everything", "data", d.dir)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	ctl.Shutdown(sctx)

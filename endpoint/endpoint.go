@@ -9,6 +9,7 @@ package endpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/pgserve"
 )
 
@@ -36,7 +38,13 @@ const (
 	Waking     State = "waking"
 	Active     State = "active"
 	Suspending State = "suspending"
+	// Stopped: suspended, and a client is refused rather than waking it
+	// (`neonfs endpoint stop`), until Start.
+	Stopped State = "stopped"
 )
+
+// ErrStopped is Dial's answer while the endpoint is stopped.
+var ErrStopped = errors.New("endpoint is stopped")
 
 // Config describes an endpoint. PG.DataDir is set from the mount: the
 // cluster lives in PGDATA under the branch's root.
@@ -48,6 +56,8 @@ type Config struct {
 	SuspendAfter time.Duration
 	// PollEvery is how often activity is read (about a second).
 	PollEvery time.Duration
+	// Stopped starts the endpoint stopped.
+	Stopped bool
 }
 
 // PGDATA is the cluster's directory under a branch's root.
@@ -63,7 +73,12 @@ type Info struct {
 	ColdStarts   int           `json:"cold_starts"`
 	LastColdTook time.Duration `json:"last_cold_start_ns,omitempty"`
 	LastError    string        `json:"last_error,omitempty"`
+	// Relayed counts client connections handed to Postgres.
+	Relayed uint64 `json:"relayed"`
 }
+
+// ColdStartBounds are the cold-start histogram's buckets, in seconds.
+var ColdStartBounds = []float64{0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30}
 
 // Endpoint is one branch's compute.
 type Endpoint struct {
@@ -82,8 +97,11 @@ type Endpoint struct {
 	colds    int
 	lastCold time.Duration
 	lastErr  string
+	stopped  bool
 
-	touched atomic.Bool // bytes relayed since the last poll
+	touched  atomic.Bool // bytes relayed since the last poll
+	relayed  atomic.Uint64
+	coldHist *hist.Histogram // seconds from a wake's start to Postgres ready
 }
 
 // New returns a suspended endpoint.
@@ -91,7 +109,12 @@ func New(cfg Config, m Mounter) *Endpoint {
 	if cfg.PollEvery == 0 {
 		cfg.PollEvery = time.Second
 	}
-	return &Endpoint{cfg: cfg, mounter: m, state: Suspended, last: time.Now()}
+	e := &Endpoint{cfg: cfg, mounter: m, state: Suspended, last: time.Now(), coldHist: hist.New(ColdStartBounds...),
+		stopped: cfg.Stopped}
+	if cfg.Stopped {
+		e.state = Stopped
+	}
+	return e
 }
 
 // Info reports the endpoint's state.
@@ -99,7 +122,7 @@ func (e *Endpoint) Info() Info {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	in := Info{Branch: e.cfg.Branch, State: e.state, Connections: e.conns, LastActivity: e.last,
-		ColdStarts: e.colds, LastColdTook: e.lastCold, LastError: e.lastErr}
+		ColdStarts: e.colds, LastColdTook: e.lastCold, LastError: e.lastErr, Relayed: e.relayed.Load()}
 	if e.srv != nil {
 		in.Pid = e.srv.Pid()
 	}
@@ -111,6 +134,9 @@ func (e *Endpoint) setState(s State) {
 	e.state = s
 	e.mu.Unlock()
 }
+
+// ColdStarts returns the cold-start histogram (seconds).
+func (e *Endpoint) ColdStarts() hist.Snapshot { return e.coldHist.Snapshot() }
 
 // Touch records activity (sqlproxy.Backend).
 func (e *Endpoint) Touch() { e.touched.Store(true) }
@@ -126,6 +152,7 @@ func (e *Endpoint) Dial(ctx context.Context) (net.Conn, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("endpoint %s: connect to postgres: %w", e.cfg.Branch, err)
 	}
+	e.relayed.Add(1)
 	e.mu.Lock()
 	e.conns++
 	e.last = time.Now()
@@ -146,11 +173,19 @@ func (e *Endpoint) wake(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	e.mu.Lock()
-	running := e.srv != nil
+	running, stopped := e.srv != nil, e.stopped
 	e.mu.Unlock()
 	if running {
 		return nil
 	}
+	if stopped {
+		return fmt.Errorf("%w: start it with `neonfs endpoint start %s`", ErrStopped, e.cfg.Branch)
+	}
+	return e.wakeLocked(ctx)
+}
+
+// wakeLocked starts the compute; e.op is held and it is not running.
+func (e *Endpoint) wakeLocked(ctx context.Context) error {
 	e.setState(Waking)
 	start := time.Now()
 	srv, err := e.start(ctx)
@@ -163,6 +198,7 @@ func (e *Endpoint) wake(ctx context.Context) error {
 	e.srv, e.state, e.last, e.lastErr = srv, Active, time.Now(), ""
 	e.colds++
 	e.lastCold = time.Since(start)
+	e.coldHist.Observe(e.lastCold.Seconds())
 	slog.Info("endpoint woke", "branch", e.cfg.Branch, "pid", srv.Pid(), "took", e.lastCold.Round(time.Millisecond))
 	return nil
 }
@@ -195,8 +231,92 @@ func (e *Endpoint) start(ctx context.Context) (*pgserve.Server, error) {
 func (e *Endpoint) Suspend(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
+	return e.suspendLocked(ctx)
+}
+
+// Stop suspends the endpoint and keeps it so: clients are refused with
+// ErrStopped until Start.
+func (e *Endpoint) Stop(ctx context.Context) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	e.mu.Lock()
+	e.stopped = true
+	e.mu.Unlock()
+	return e.suspendLocked(ctx)
+}
+
+// Start lets clients wake the endpoint again and wakes it now.
+func (e *Endpoint) Start(ctx context.Context) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	e.mu.Lock()
+	e.stopped = false
+	running := e.srv != nil
+	if !running {
+		e.state = Suspended
+	}
+	e.mu.Unlock()
+	if running {
+		return nil
+	}
+	return e.wakeLocked(ctx)
+}
+
+// BusyError says an endpoint runs Postgres on the branch an operation
+// wanted for itself.
+type BusyError struct {
+	Branch string
+	Pid    int
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("the endpoint of branch %s runs Postgres (pid %d): stop it first (`neonfs endpoint stop %s`) or pass --force",
+		e.Branch, e.Pid, e.Branch)
+}
+
+// Hold runs fn while the endpoint cannot wake: a branch operation (reset,
+// restore, delete) changes the branch under a suspended endpoint, and a
+// client arriving meanwhile waits and then sees the new state. When
+// Postgres runs, Hold refuses with a *BusyError, or with force suspends
+// it first.
+func (e *Endpoint) Hold(ctx context.Context, force bool, fn func() error) error {
+	e.op.Lock()
+	defer e.op.Unlock()
 	e.mu.Lock()
 	srv := e.srv
+	e.mu.Unlock()
+	if srv != nil {
+		if !force {
+			return &BusyError{Branch: e.cfg.Branch, Pid: srv.Pid()}
+		}
+		if err := e.suspendLocked(ctx); err != nil {
+			return fmt.Errorf("suspend the endpoint of %s: %w", e.cfg.Branch, err)
+		}
+	}
+	return fn()
+}
+
+// Checkpoint asks a running Postgres for a CHECKPOINT (before a branch is
+// forked from it, so the branch starts without replaying WAL); it does
+// nothing when the endpoint is suspended.
+func (e *Endpoint) Checkpoint(ctx context.Context) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	e.mu.Lock()
+	srv := e.srv
+	e.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Checkpoint(ctx)
+}
+
+func (e *Endpoint) suspendLocked(ctx context.Context) error {
+	e.mu.Lock()
+	srv := e.srv
+	if srv == nil && e.stopped {
+		e.state = Stopped
+	}
 	e.mu.Unlock()
 	if srv == nil {
 		return nil
@@ -208,6 +328,9 @@ func (e *Endpoint) Suspend(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	e.srv, e.state = nil, Suspended
+	if e.stopped {
+		e.state = Stopped
+	}
 	if err != nil {
 		e.lastErr = err.Error()
 	}

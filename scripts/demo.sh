@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# neonfs demo: a volume in /var/lib/neonfs/$NEONFS_VOLUME (default "vol"),
-# mounted at /mnt/neonfs, with a stock Postgres 15 running on it.
+# neonfs demo: a volume in /var/lib/neonfs/$NEONFS_VOLUME (default "vol")
+# served by `neonfs serve`, with an endpoint for branch main: Postgres 15
+# runs on the branch when a client connects and is suspended after 5
+# minutes without activity.
 #
 #   scripts/demo.sh start [BIN]   (what `make demo` runs; BIN defaults to ./neonfs)
 #   scripts/demo.sh stop  [BIN]   (what `make demo-stop` runs)
 #
-# With systemd running, the volume is mounted by neonfs-mount@VOL.service (at
-# /mnt/neonfs-VOL, with /mnt/neonfs a symlink to it) and Postgres runs as
-# neonfs-postgres@VOL.service. Without systemd, the daemon runs in the
-# background with nohup and Postgres is started with pg_ctl.
+# With systemd running, the daemon runs as neonfs@VOL.service (written by
+# `neonfs systemd install`); without, in the background with nohup.
+# Installs only what the demo needs: Debian's Postgres 15, if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,6 @@ DATA=/var/lib/neonfs/$VOL
 PGBIN=/usr/lib/postgresql/15/bin
 PIDFILE=/run/neonfs-$VOL.pid
 DAEMON_LOG=/var/log/neonfs-$VOL.log
-PG_LOG=/var/log/postgresql/neonfs-$VOL.log
-SOCKDIR=/run/postgresql
 
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it mounts a file system)" >&2; exit 1; }
 
@@ -30,55 +29,30 @@ use_systemd() {
 	case $state in running | degraded | starting) return 0 ;; *) return 1 ;; esac
 }
 
-if use_systemd; then
-	MNT=/mnt/neonfs-$VOL
-else
-	MNT=/mnt/neonfs
-fi
-PGDATA=$MNT/pgdata
+daemon_answers() { "$BIN" endpoint list --data "$DATA" >/dev/null 2>&1; }
 
-as_postgres() { runuser -u postgres -- "$@"; }
-
-wait_mounted() {
-	local i
+wait_daemon() {
+	local i pid=${1:-}
 	for i in $(seq 1 600); do
-		if mountpoint -q "$MNT"; then return 0; fi
-		if [ -n "${1:-}" ] && ! kill -0 "$1" 2>/dev/null; then
-			echo "demo: neonfs mount exited; see $DAEMON_LOG:" >&2
+		if daemon_answers; then return 0; fi
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			echo "demo: neonfs serve exited; see $DAEMON_LOG:" >&2
 			tail -n 20 "$DAEMON_LOG" >&2 || true
 			return 1
 		fi
 		sleep 0.1
 	done
-	echo "demo: $MNT did not get mounted within 60s" >&2
+	echo "demo: the daemon of $DATA did not answer within 60s" >&2
 	return 1
-}
-
-port_free() {
-	local port=$1
-	[ ! -e "$SOCKDIR/.s.PGSQL.$port" ] || return 1
-	! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-pg_running() { [ -f "$PGDATA/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1; }
-
-configured_port() { sed -n "s/^port = \([0-9]*\).*/\1/p" "$PGDATA/neonfs-demo.conf" 2>/dev/null | tail -n 1; }
-
-print_connection() {
-	local port=$1
-	cat <<-MSG
-
-	neonfs volume $VOL ($DATA) is mounted at $MNT; Postgres data directory: $PGDATA
-	Connect with:
-	    psql "postgresql://postgres@127.0.0.1:$port/postgres"
-	Connection string: postgresql://postgres@127.0.0.1:$port/postgres
-	(trust authentication on 127.0.0.1 only: this is a demo.)
-	Stop with: make demo-stop
-	MSG
 }
 
 start() {
 	[ -x "$BIN" ] || { echo "demo: $BIN not found; run make build" >&2; exit 1; }
+	if [ ! -x "$PGBIN/postgres" ] || ! id postgres >/dev/null 2>&1; then
+		echo "demo: installing Postgres 15 (Debian's postgresql)"
+		DEBIAN_FRONTEND=noninteractive apt-get update -q
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
+	fi
 
 	# 1. The volume.
 	mkdir -p /var/lib/neonfs
@@ -87,91 +61,61 @@ start() {
 		"$BIN" init --data "$DATA"
 	fi
 
-	# 2. The mount.
-	mkdir -p "$MNT"
-	if mountpoint -q "$MNT"; then
-		echo "demo: $MNT is already mounted"
+	# 2. The daemon.
+	if daemon_answers; then
+		echo "demo: the daemon of $DATA is already running"
 	elif use_systemd; then
-		echo "demo: mounting with systemd (neonfs-mount@$VOL.service)"
+		echo "demo: starting the daemon with systemd (neonfs@$VOL.service)"
 		install -m 0755 "$BIN" /usr/local/bin/neonfs
-		install -m 0644 systemd/neonfs-mount@.service systemd/neonfs-postgres@.service /etc/systemd/system/
+		/usr/local/bin/neonfs systemd install --volume "$VOL" --data "$DATA" >/dev/null
 		systemctl daemon-reload
-		systemctl start "neonfs-mount@$VOL.service"
-		wait_mounted
-		if [ ! -e /mnt/neonfs ] || [ -L /mnt/neonfs ]; then ln -sfn "$MNT" /mnt/neonfs; fi
+		systemctl enable --now "neonfs@$VOL.service"
+		wait_daemon
 	else
-		echo "demo: mounting in the background (no systemd); log in $DAEMON_LOG"
-		nohup "$BIN" mount --data "$DATA" "$MNT" >>"$DAEMON_LOG" 2>&1 </dev/null &
+		echo "demo: starting the daemon in the background (no systemd); log in $DAEMON_LOG"
+		nohup "$BIN" serve --data "$DATA" >>"$DAEMON_LOG" 2>&1 </dev/null &
 		echo $! >"$PIDFILE"
-		wait_mounted "$(cat "$PIDFILE")"
+		wait_daemon "$(cat "$PIDFILE")"
 	fi
 
-	# 3. The Postgres cluster.
-	if [ ! -f "$PGDATA/PG_VERSION" ]; then
-		echo "demo: initdb in $PGDATA"
-		mkdir -p "$PGDATA"
-		chown postgres:postgres "$PGDATA"
-		chmod 0700 "$PGDATA"
-		(cd / && as_postgres "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust \
-			--encoding=UTF8 --locale=C.UTF-8 --data-checksums >/dev/null)
-		echo "include_if_exists = 'neonfs-demo.conf'" | as_postgres tee -a "$PGDATA/postgresql.conf" >/dev/null
-	fi
-	mkdir -p "$SOCKDIR" "$(dirname "$PG_LOG")"
-	chown postgres:postgres "$SOCKDIR" "$(dirname "$PG_LOG")"
-	chmod 2775 "$SOCKDIR"
-
-	if pg_running; then
-		echo "demo: Postgres is already running on $PGDATA"
-		print_connection "$(configured_port)"
-		return
-	fi
-
-	# 4. Postgres on 5432 or the next free port.
-	local port=5432
-	while ! port_free "$port"; do port=$((port + 1)); done
-	as_postgres tee "$PGDATA/neonfs-demo.conf" >/dev/null <<-CONF
-	# Written by scripts/demo.sh.
-	port = $port
-	listen_addresses = '127.0.0.1'
-	unix_socket_directories = '$SOCKDIR'
-	shared_buffers = 128MB
-	CONF
-
-	if use_systemd; then
-		echo "demo: starting Postgres (neonfs-postgres@$VOL.service) on port $port"
-		systemctl start "neonfs-postgres@$VOL.service"
+	# 3. The endpoint of main (initdb happens at its first connection).
+	local url
+	if url=$("$BIN" connection-string main --data "$DATA" 2>/dev/null); then
+		echo "demo: branch main already has an endpoint"
 	else
-		echo "demo: starting Postgres on port $port; log in $PG_LOG"
-		(cd / && as_postgres "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PG_LOG" -w -t 600)
+		url=$("$BIN" endpoint create main --data "$DATA" --suspend-after 5m)
 	fi
-	print_connection "$port"
+	cat <<-MSG
+
+	neonfs volume $VOL ($DATA) is served; branch main has an endpoint.
+	Connection string:
+	    $url
+	Try:  psql '$url'
+	The first connection runs initdb and starts Postgres (a few seconds); after
+	5 minutes without activity Postgres is stopped and the branch unmounted, and
+	the next connection wakes it. See: $BIN endpoint list --data $DATA
+	Stop with: make demo-stop
+	MSG
 }
 
 stop() {
-	if use_systemd && systemctl is-active --quiet "neonfs-mount@$VOL.service"; then
-		systemctl stop "neonfs-postgres@$VOL.service" "neonfs-mount@$VOL.service"
-		echo "demo: stopped neonfs-postgres@$VOL and neonfs-mount@$VOL"
+	if use_systemd && systemctl is-active --quiet "neonfs@$VOL.service"; then
+		systemctl stop "neonfs@$VOL.service"
+		echo "demo: stopped neonfs@$VOL (its endpoints' Postgres too)"
 		return
-	fi
-	if mountpoint -q "$MNT" && pg_running; then
-		(cd / && as_postgres "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 600)
 	fi
 	if [ -f "$PIDFILE" ]; then
 		local pid i
 		pid=$(cat "$PIDFILE")
 		if kill -0 "$pid" 2>/dev/null; then
 			kill -TERM "$pid"
-			for i in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			for i in $(seq 1 900); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 			if kill -0 "$pid" 2>/dev/null; then
-				echo "demo: neonfs (pid $pid) did not exit within 60s of SIGTERM" >&2
+				echo "demo: neonfs (pid $pid) did not exit within 90s of SIGTERM" >&2
 				exit 1
 			fi
 		fi
 		rm -f "$PIDFILE"
-	fi
-	if mountpoint -q "$MNT"; then
-		echo "demo: $MNT is still mounted; unmounting lazily" >&2
-		umount -l "$MNT"
 	fi
 	echo "demo: stopped"
 }

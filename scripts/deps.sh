@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what neonfs's demo, tests and CI need, only if it is missing:
 # versitygw (with go install) and, with apt-get, fuse3, fio, stress-ng,
-# Postgres 15 (Debian 12's `postgresql`), make, and autoconf and automake
-# (to build pjdfstest, the POSIX conformance suite the tests run). Runs `apt-get update`
-# only when something has to be installed.
+# Postgres 15 (Debian 12's `postgresql`), make, autoconf and automake
+# (to build pjdfstest, the POSIX conformance suite the tests run), and
+# systemd (systemd-analyze verify checks the units `neonfs systemd install`
+# writes). Runs `apt-get update` only when something has to be installed.
 set -euo pipefail
 
 # versitygw, the S3 server the object-store tests run against, is a Go
@@ -44,6 +45,7 @@ check make make
 check autoconf autoreconf
 check automake automake
 check gcc gcc
+check systemd systemd-analyze
 # Postgres 15 from Debian 12, with pgbench and pg_amcheck (both are in
 # postgresql-15; `postgresql` depends on it).
 pgbin=/usr/lib/postgresql/15/bin
@@ -52,7 +54,7 @@ if ! { [ -x $pgbin/postgres ] && [ -x $pgbin/pgbench ] && [ -x $pgbin/pg_amcheck
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "deps: all present (fuse3 fio stress-ng make autoconf automake gcc postgresql)"
+	echo "deps: all present (fuse3 fio stress-ng make autoconf automake gcc systemd postgresql)"
 	exit 0
 fi
 

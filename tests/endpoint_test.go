@@ -207,3 +207,172 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// The endpoint commands around a running database: a branch with its own
+// endpoint forked under load (after a checkpoint), eight clients waking a
+// suspended endpoint once, stop and start (kept across restarts), and
+// branch reset and delete refused while Postgres runs unless --force.
+func TestEndpointLifecycle(t *testing.T) {
+	requireE2E(t)
+	requirePostgres(t)
+	if targetKind() != "neonfs" {
+		t.Skip("endpoints are neonfs's")
+	}
+	dir := testDir(t, "endpoint-life")
+	c := volumeCLI{bin: neonfsBinary(t), data: filepath.Join(dir, "volume")}
+	runDir := filepath.Join(dir, "run")
+	if out, err := exec.Command(c.bin, "init", "--data", c.data).CombinedOutput(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	logPath := filepath.Join(dir, "serve.log")
+	d := startServe(t, c, runDir, logPath)
+	ctx := context.Background()
+
+	url := strings.TrimSpace(c.ok(t, "endpoint", "create", "main", "--suspend-after", "0", "--pg-conf", "shared_buffers=32MB"))
+	main, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, tailFile(logPath, 2000))
+	}
+	if _, err := main.Exec(ctx, "CREATE TABLE t (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	// Load on the parent while the branch is made.
+	stopLoad := make(chan struct{})
+	loadDone := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stopLoad:
+				loadDone <- nil
+				return
+			default:
+			}
+			if _, err := main.Exec(ctx, "INSERT INTO t SELECT generate_series(1, 100)"); err != nil {
+				loadDone <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+
+	// Bad input leaves no branch behind.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, busyPort, _ := net.SplitHostPort(busy.Addr().String())
+	c.refused(t, "address already in use", "branch", "create", "bad1", "--endpoint", "--port", busyPort)
+	c.refused(t, "postgres binary /nonexistent/bin/postgres", "branch", "create", "bad2", "--endpoint", "--pg-bin", "/nonexistent/bin")
+	for _, b := range c.list(t) {
+		if strings.HasPrefix(b.Name, "bad") {
+			t.Errorf("a refused branch create --endpoint left branch %s", b.Name)
+		}
+	}
+
+	code, devOut, devErr := c.run(t, "branch", "create", "dev", "--endpoint", "--suspend-after", "0")
+	if code != 0 {
+		t.Fatalf("branch create --endpoint: exit %d\n%s%s", code, devOut, devErr)
+	}
+	close(stopLoad)
+	if err := <-loadDone; err != nil {
+		t.Fatalf("load on the parent: %v", err)
+	}
+	devURL := strings.TrimSpace(devOut)
+	if !strings.HasPrefix(devURL, "postgres://postgres:") || !strings.Contains(devErr, "created branch dev from main") {
+		t.Fatalf("branch create --endpoint printed %q, %q", devOut, devErr)
+	}
+	if !strings.Contains(readFile(t, logPath), "checkpointed before a fork") {
+		t.Error("the parent's Postgres was not checkpointed before the fork")
+	}
+	dev, err := pgx.Connect(ctx, devURL)
+	if err != nil {
+		t.Fatalf("connect to the branch: %v\n%s", err, tailFile(logPath, 2000))
+	}
+	var n int
+	if err := dev.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n == 0 {
+		t.Fatalf("the branch has %d rows of the parent's (%v)", n, err)
+	}
+	if _, err := dev.Exec(ctx, "INSERT INTO t VALUES (-1)"); err != nil {
+		t.Fatalf("write on the branch: %v", err)
+	}
+
+	// Reset and delete are refused while the branch's Postgres runs.
+	c.refused(t, "the endpoint of branch dev runs Postgres", "branch", "reset", "dev")
+	c.refused(t, "the endpoint of branch dev runs Postgres", "branch", "delete", "dev")
+	c.ok(t, "branch", "reset", "dev", "--force", "--no-preserve")
+	if e := endpointState(t, c, "dev"); e.State != "suspended" {
+		t.Errorf("after reset --force the endpoint is %s", e.State)
+	}
+	dev.Close(ctx)
+	dev, err = pgx.Connect(ctx, devURL)
+	if err != nil {
+		t.Fatalf("connect after reset: %v", err)
+	}
+	if err := dev.QueryRow(ctx, "SELECT count(*) FROM t WHERE v = -1").Scan(&n); err != nil || n != 0 {
+		t.Errorf("after a reset to the parent the branch's own row is still there: %d, %v", n, err)
+	}
+	c.ok(t, "branch", "delete", "dev", "--force")
+	dev.Close(ctx)
+	for _, e := range c.list(t) {
+		if e.Name == "dev" {
+			t.Error("branch dev still listed after delete --force")
+		}
+	}
+	var eps []endpointLine
+	c.json(t, &eps, "endpoint", "list")
+	if len(eps) != 1 || eps[0].Branch != "main" {
+		t.Errorf("after deleting dev the endpoints are %+v", eps)
+	}
+
+	// Eight clients arriving while suspended wake Postgres once.
+	main.Close(ctx)
+	c.ok(t, "endpoint", "suspend", "main")
+	before := endpointState(t, c, "main")
+	if before.State != "suspended" {
+		t.Fatalf("endpoint suspend: %+v", before)
+	}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			conn, err := pgx.Connect(ctx, url)
+			if err == nil {
+				var one int
+				err = conn.QueryRow(ctx, "SELECT 1").Scan(&one)
+				conn.Close(ctx)
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Errorf("a client waking the endpoint: %v", err)
+		}
+	}
+	if after := endpointState(t, c, "main"); after.ColdStarts != before.ColdStarts+1 {
+		t.Errorf("8 clients: %d cold starts, want 1", after.ColdStarts-before.ColdStarts)
+	}
+
+	// Stop refuses clients, across a daemon restart, until start.
+	c.ok(t, "endpoint", "stop", "main")
+	if _, err := pgx.Connect(ctx, url); err == nil || !strings.Contains(err.Error(), "endpoint is stopped") {
+		t.Errorf("a client of a stopped endpoint: %v", err)
+	}
+	d.stop(t)
+	startServe(t, c, runDir, logPath)
+	if e := endpointState(t, c, "main"); e.State != "stopped" {
+		t.Errorf("a stopped endpoint after a restart is %s", e.State)
+	}
+	if got := strings.TrimSpace(c.ok(t, "endpoint", "start", "main")); got != url {
+		t.Errorf("endpoint start printed %q, want %q", got, url)
+	}
+	if e := endpointState(t, c, "main"); e.State != "active" || e.Pid == 0 {
+		t.Errorf("after endpoint start: %+v", e)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	c.refused(t, "no endpoint", "endpoint", "stop", "nosuch")
+}

@@ -226,7 +226,10 @@ func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno
 		return 0, errno
 	}
 	if urgent {
-		if err := f.vol.commit.Wait(seq); err != nil {
+		start := time.Now()
+		err := f.vol.commit.Wait(seq)
+		f.vol.syncWrites.Observe(time.Since(start).Seconds())
+		if err != nil {
 			slog.Error("write", "branch", f.name, "ino", ino, "err", err)
 			return 0, syscall.EIO
 		}
@@ -316,13 +319,17 @@ func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall
 // Fsync returns once every change to ino so far is committed and applied
 // (with datasync, every change but timestamps, mode and owner). A
 // directory's seq covers its entries, since every entry change also
-// rewrites the directory inode.
+// rewrites the directory inode. Every call is timed into the fsync
+// histogram, those with nothing left to wait for too: that is what the
+// caller sees.
 func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
+	start := time.Now()
+	defer func() { f.vol.fsyncs.Observe(time.Since(start).Seconds()) }()
 	f.mu.RLock()
 	n := f.nodes[ino]
 	var seq uint64
 	if n != nil {
-		n.fsynced.Store(time.Now().UnixNano())
+		n.fsynced.Store(start.UnixNano())
 		seq = n.lastSeq
 		if datasync {
 			seq = n.dataSeq

@@ -39,7 +39,9 @@ func (v *Volume) flusher() {
 		case <-v.flushKick:
 		}
 		v.flushMu.Lock()
-		if v.needsFlush(v.store.MemBytes()) {
+		release := v.releaseAsked.Swap(false) && v.unmounted()
+		active, frozen := v.store.MemBytes()
+		if v.needsFlush(active, frozen) || (release && active+frozen > 0) {
 			v.flushing.Store(true)
 			if err := v.flushLocked(ctx); err != nil {
 				msg := err.Error()
@@ -62,6 +64,9 @@ func (v *Volume) flusher() {
 			if _, _, err := v.deleteRetired(ctx); err != nil {
 				slog.Warn("delete replaced layers", "err", err)
 			}
+		}
+		if release {
+			v.dropMemory()
 		}
 		v.flushMu.Unlock()
 	}

@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/objstore"
 	"github.com/neonfs/neonfs/objstore/s3"
 	"github.com/neonfs/neonfs/raftwal"
@@ -151,6 +152,9 @@ type Volume struct {
 	commit *commit.Committer
 	gate   *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
+	fsyncs     *hist.Histogram // seconds per fsync (FsyncBounds)
+	syncWrites *hist.Histogram // seconds a write to a file fsynced lately waited for its commit
+
 	nextIno atomic.Uint64
 
 	mu     sync.Mutex
@@ -165,16 +169,18 @@ type Volume struct {
 	fencedBy  atomic.Uint64          // a newer writer's generation, once seen
 	published atomic.Pointer[string] // the last manifest uploaded
 	// Under flushMu: flushes, merges, manifests and deletions take turns.
-	flushMu    sync.Mutex
-	flushing   atomic.Bool // a flush, merge or gc is running (for status)
-	pubState   string      // tree and layers of the last manifest
-	pubSeq     uint64      // the LSN the last manifest was published at
-	lastFrozen *fsm.Frozen // the last freeze: the state manifests describe
-	retired    []retired
-	flushKick  chan struct{}
-	flushErr   atomic.Pointer[string]
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	flushMu  sync.Mutex
+	flushing atomic.Bool // a flush, merge or gc is running (for status)
+	// releaseAsked: ReleaseMemory was called; the flusher acts on it.
+	releaseAsked atomic.Bool
+	pubState     string      // tree and layers of the last manifest
+	pubSeq       uint64      // the LSN the last manifest was published at
+	lastFrozen   *fsm.Frozen // the last freeze: the state manifests describe
+	retired      []retired
+	flushKick    chan struct{}
+	flushErr     atomic.Pointer[string]
+	stop         chan struct{}
+	wg           sync.WaitGroup
 }
 
 // InitOptions choose where a new volume keeps its objects.
@@ -346,7 +352,8 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		return nil, err
 	}
 	v := &Volume{dir: dir, opts: opts, lock: lock, retention: cfg.retention(), cache: cache,
-		flushKick: make(chan struct{}, 1), stop: make(chan struct{})}
+		flushKick: make(chan struct{}, 1), stop: make(chan struct{}),
+		fsyncs: hist.New(FsyncBounds...), syncWrites: hist.New(FsyncBounds...)}
 	v.store = blockstore.NewStore(objects, opts.CacheBytes)
 	if !opts.NoFlush {
 		if v.gen, err = claimGeneration(ctx, dir, objects); err != nil {

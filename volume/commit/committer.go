@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/blockstore"
+	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/volume/fsm"
 )
 
@@ -54,6 +55,11 @@ type Committer struct {
 	err      error // set when the log is gone for good
 	stopped  chan struct{}
 	stats    CommitStats
+
+	// How well group commit groups: puts and encoded bytes per committed
+	// entry.
+	batchPuts  *hist.Histogram
+	batchBytes *hist.Histogram
 }
 
 // CommitStats counts the committer's work since open.
@@ -66,6 +72,14 @@ type CommitStats struct {
 	LastError   string  `json:"last_error,omitempty"`
 	PendingByte int64   `json:"pending_bytes"`
 }
+
+// BatchPutsBounds and BatchBytesBounds are the buckets of the batch-size
+// histograms (BatchSizes). A full entry (MaxBatch, 4 MiB by default) holds
+// about 500 block puts.
+var (
+	BatchPutsBounds  = []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+	BatchBytesBounds = []float64{1 << 9, 1 << 11, 1 << 13, 1 << 15, 1 << 17, 1 << 19, 1 << 21, 1 << 23}
+)
 
 type batch struct {
 	seq    uint64
@@ -97,7 +111,8 @@ func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration
 		onChange = func() {}
 	}
 	c := &Committer{propose: propose, maxBatch: maxBatch, linger: linger, onChange: onChange,
-		open: newBatch(1), stopped: make(chan struct{})}
+		open: newBatch(1), stopped: make(chan struct{}),
+		batchPuts: hist.New(BatchPutsBounds...), batchBytes: hist.New(BatchBytesBounds...)}
 	c.changed = sync.NewCond(&c.mu)
 	c.kick = sync.NewCond(&c.mu)
 	c.timer = time.AfterFunc(time.Hour, func() {
@@ -285,6 +300,12 @@ func (c *Committer) CommitStats() CommitStats {
 	return st
 }
 
+// BatchSizes returns the histograms of puts and encoded bytes per
+// committed entry.
+func (c *Committer) BatchSizes() (puts, bytes hist.Snapshot) {
+	return c.batchPuts.Snapshot(), c.batchBytes.Snapshot()
+}
+
 // Stats reports pending bytes and the committed seq.
 func (c *Committer) Stats() (pending int64, done uint64) {
 	c.mu.Lock()
@@ -341,6 +362,8 @@ func (c *Committer) run() {
 		c.done = b.seq
 		c.changed.Broadcast()
 		c.mu.Unlock()
+		c.batchPuts.Observe(float64(len(b.puts)))
+		c.batchBytes.Observe(float64(len(data)))
 		c.onChange()
 	}
 }
