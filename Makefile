@@ -20,6 +20,7 @@ UNIT    = blockstore objstore volume snapshot durable raftwal internal pgserve s
 UNITRE  = /($(shell echo $(UNIT) | tr ' ' '|'))(/|$$)
 test: export NEONFS_REQUIRE_S3 = 1
 test: export NEONFS_REQUIRE_SYSTEMD = 1
+test: export NEONFS_REQUIRE_NODE = 1
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(UNITRE)')

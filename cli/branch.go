@@ -201,7 +201,7 @@ func printCreated(c *ucli.Context, rep daemon.CreateReply) error {
 	}
 	fmt.Fprint(os.Stderr, line)
 	fmt.Fprintf(os.Stderr, "endpoint listening on %s\n", rep.Endpoint.Address)
-	fmt.Println(rep.Endpoint.ConnString)
+	printEndpoint(*rep.Endpoint)
 	return nil
 }
 

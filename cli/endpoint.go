@@ -126,7 +126,7 @@ func endpointCommand() *ucli.Command {
 					if c.Bool("json") {
 						return printJSON(rep)
 					}
-					fmt.Println(rep.ConnString)
+					printEndpoint(rep)
 					return nil
 				},
 			},
@@ -151,13 +151,17 @@ func endpointCommand() *ucli.Command {
 						return printJSON(list)
 					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "BRANCH\tADDRESS\tSTATE\tPID\tCONNS\tLAST ACTIVITY\tCOLD STARTS\tLAST COLD START")
+					fmt.Fprintln(w, "BRANCH\tADDRESS\tHTTP\tSTATE\tPID\tCONNS\tLAST ACTIVITY\tCOLD STARTS\tLAST COLD START")
 					for _, e := range list {
 						pid := "-"
 						if e.Pid != 0 {
 							pid = strconv.Itoa(e.Pid)
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", e.Branch, e.Address, e.State, pid, e.Connections,
+						httpAddr := e.HTTP
+						if httpAddr == "" {
+							httpAddr = "-"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", e.Branch, e.Address, httpAddr, e.State, pid, e.Connections,
 							e.LastActivity.UTC().Format(time.RFC3339), e.ColdStarts, e.LastColdTook.Round(time.Millisecond))
 					}
 					return w.Flush()
@@ -193,6 +197,15 @@ func endpointCommand() *ucli.Command {
 	}
 }
 
+// printEndpoint prints the connection string alone on stdout (for
+// scripts) and the serverless driver's URLs, if any, on stderr.
+func printEndpoint(rep daemon.EndpointReply) {
+	if rep.WebSocketURL != "" {
+		fmt.Fprintf(os.Stderr, "serverless driver: WebSocket %s, SQL over HTTP %s\n", rep.WebSocketURL, rep.SQLOverHTTP)
+	}
+	fmt.Println(rep.ConnString)
+}
+
 // endpointFlags are endpoint create's, shared with branch create --endpoint.
 func endpointFlags() []ucli.Flag {
 	return []ucli.Flag{
@@ -202,6 +215,7 @@ func endpointFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: "pg-conf", Usage: "postgresql.conf setting KEY=VALUE (repeatable)"},
 		&ucli.StringFlag{Name: "auth", Value: "scram-sha-256", Usage: "scram-sha-256, or trust"},
 		&ucli.StringFlag{Name: "pg-bin", Usage: "Postgres binaries (default /usr/lib/postgresql/15/bin)"},
+		&ucli.StringFlag{Name: "http", Usage: "also serve Neon's serverless driver on HOST:PORT (WebSocket at /v2, SQL over HTTP at /sql)"},
 	}
 }
 
@@ -218,6 +232,19 @@ func endpointSpec(c *ucli.Context, branch string) (*daemon.EndpointSpec, error) 
 		return nil, fmt.Errorf("--listen %q: want an IP address", c.String("listen"))
 	}
 	spec.Listen = net.JoinHostPort(c.String("listen"), strconv.Itoa(c.Int("port")))
+	if h := c.String("http"); h != "" {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil {
+			return nil, fmt.Errorf("--http %q: want HOST:PORT", h)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return nil, fmt.Errorf("--http %q: want a port 0-65535", h)
+		}
+		if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+			return nil, fmt.Errorf("--http %q: want an IP address", h)
+		}
+		spec.HTTP = h
+	}
 	switch c.String("auth") {
 	case "scram-sha-256":
 	case "trust":
@@ -259,7 +286,7 @@ func endpointVerb(name, usage, call, done string) *ucli.Command {
 				return err
 			}
 			if done == "" {
-				fmt.Println(rep.ConnString)
+				printEndpoint(rep)
 			} else {
 				fmt.Printf(done, c.Args().First())
 			}
@@ -286,7 +313,7 @@ func connectionStringCommand() *ucli.Command {
 			if err := r.call(c.Context, "connection-string", daemon.Args{Name: c.Args().First()}, &rep); err != nil {
 				return err
 			}
-			fmt.Println(rep.ConnString)
+			printEndpoint(rep)
 			return nil
 		},
 	}

@@ -97,6 +97,9 @@ func systemdInstall(c *ucli.Context) error {
 	}
 	for _, s := range specs {
 		v.Endpoints = append(v.Endpoints, systemd.Endpoint{Branch: s.Branch, Listen: s.Listen})
+		if s.HTTP != "" { // the serverless driver's listener: held the same way
+			v.Endpoints = append(v.Endpoints, systemd.Endpoint{Branch: s.Branch, Listen: s.HTTP})
+		}
 	}
 	units, err := systemd.Units(v)
 	if err != nil {

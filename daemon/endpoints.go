@@ -34,6 +34,9 @@ type EndpointSpec struct {
 	Conf         map[string]string `json:"pg_conf,omitempty"`
 	Trust        bool              `json:"trust,omitempty"`
 	PGBin        string            `json:"pg_bin,omitempty"`
+	// HTTP is the serverless driver's listener (WebSocket and SQL over
+	// HTTP), host:port; empty: none.
+	HTTP string `json:"http,omitempty"`
 	// Stopped: `endpoint stop` — clients are refused until `endpoint start`.
 	Stopped bool `json:"stopped,omitempty"`
 }
@@ -42,6 +45,7 @@ type EndpointSpec struct {
 type EndpointInfo struct {
 	endpoint.Info
 	Address string `json:"address"`
+	HTTP    string `json:"http,omitempty"`
 }
 
 // EndpointReply answers endpoint create and connection-string.
@@ -49,6 +53,9 @@ type EndpointReply struct {
 	Branch     string `json:"branch"`
 	Address    string `json:"address"`
 	ConnString string `json:"connection_string"`
+	// The serverless driver's URLs, with an HTTP listener.
+	WebSocketURL string `json:"websocket_url,omitempty"`
+	SQLOverHTTP  string `json:"sql_over_http_url,omitempty"`
 }
 
 // served endpoint: the listener and the compute behind it.
@@ -56,6 +63,7 @@ type runningEndpoint struct {
 	spec   EndpointSpec
 	ep     *endpoint.Endpoint
 	proxy  *sqlproxy.Proxy
+	http   *sqlproxy.HTTPServer // nil without spec.HTTP
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watcher stopped
 }
@@ -248,6 +256,14 @@ func (d *Daemon) checkSpec(spec *EndpointSpec) error {
 	if _, _, err := net.SplitHostPort(spec.Listen); err != nil {
 		return fmt.Errorf("listen address %q: %w", spec.Listen, err)
 	}
+	if spec.HTTP != "" {
+		if _, _, err := net.SplitHostPort(spec.HTTP); err != nil {
+			return fmt.Errorf("--http %q: want HOST:PORT (%v)", spec.HTTP, err)
+		}
+		if spec.HTTP == spec.Listen {
+			return fmt.Errorf("--http %s is the endpoint's Postgres port too: give it a port of its own", spec.HTTP)
+		}
+	}
 	return nil
 }
 
@@ -292,8 +308,19 @@ func (d *Daemon) startEndpoint(spec EndpointSpec) error {
 		PG: pgserve.Config{BinDir: spec.PGBin, SocketDir: d.socketDir(spec.Branch),
 			Password: password, Trust: spec.Trust, Conf: spec.Conf}},
 		&branchMounter{d: d, branch: spec.Branch})
+	var hs *sqlproxy.HTTPServer
+	if spec.HTTP != "" {
+		hln, err := d.listen(spec.Branch, spec.HTTP)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for HTTP on %s: %w", spec.HTTP, err)
+		}
+		spec.HTTP = hln.Addr().String()
+		hs = sqlproxy.ServeHTTP(hln, ep, sqlproxy.HTTPOptions{})
+		ep.OnSuspend(hs.CloseIdle)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningEndpoint{spec: spec, ep: ep, proxy: sqlproxy.Serve(ln, ep), cancel: cancel, done: make(chan struct{})}
+	r := &runningEndpoint{spec: spec, ep: ep, proxy: sqlproxy.Serve(ln, ep), http: hs, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		ep.Run(ctx)
 		close(r.done)
@@ -310,6 +337,9 @@ func (r *runningEndpoint) stop(ctx context.Context) error {
 	r.cancel()
 	<-r.done
 	err := r.proxy.Close()
+	if r.http != nil {
+		err = errors.Join(err, r.http.Close())
+	}
 	return errors.Join(err, r.ep.Close(ctx))
 }
 
@@ -527,7 +557,7 @@ func (d *Daemon) ListEndpoints() []EndpointInfo {
 	defer d.mu.Unlock()
 	out := make([]EndpointInfo, 0, len(d.endpoints))
 	for _, r := range d.endpoints {
-		out = append(out, EndpointInfo{Info: r.ep.Info(), Address: r.spec.Listen})
+		out = append(out, EndpointInfo{Info: r.ep.Info(), Address: r.spec.Listen, HTTP: r.spec.HTTP})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Branch < out[j].Branch })
 	return out
@@ -552,7 +582,12 @@ func (d *Daemon) ConnectionString(branch string) (EndpointReply, error) {
 		}
 		u.User = url.UserPassword("postgres", strings.TrimSpace(string(b)))
 	}
-	return EndpointReply{Branch: branch, Address: r.spec.Listen, ConnString: u.String()}, nil
+	rep := EndpointReply{Branch: branch, Address: r.spec.Listen, ConnString: u.String()}
+	if r.spec.HTTP != "" {
+		rep.WebSocketURL = "ws://" + r.spec.HTTP + "/v2"
+		rep.SQLOverHTTP = "http://" + r.spec.HTTP + "/sql"
+	}
+	return rep, nil
 }
 
 // stopEndpoints suspends every endpoint and stops listening (shutdown).

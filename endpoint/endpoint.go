@@ -98,6 +98,8 @@ type Endpoint struct {
 	lastCold time.Duration
 	lastErr  string
 	stopped  bool
+	// onSuspend runs before Postgres stops (the HTTP listener's pool).
+	onSuspend func()
 
 	touched  atomic.Bool // bytes relayed since the last poll
 	relayed  atomic.Uint64
@@ -132,6 +134,15 @@ func (e *Endpoint) Info() Info {
 func (e *Endpoint) setState(s State) {
 	e.mu.Lock()
 	e.state = s
+	e.mu.Unlock()
+}
+
+// OnSuspend has f called each time the endpoint suspends, before Postgres
+// stops: connections held on its behalf (the SQL-over-HTTP pool) must not
+// outlive it.
+func (e *Endpoint) OnSuspend(f func()) {
+	e.mu.Lock()
+	e.onSuspend = f
 	e.mu.Unlock()
 }
 
@@ -322,6 +333,12 @@ func (e *Endpoint) suspendLocked(ctx context.Context) error {
 		return nil
 	}
 	e.setState(Suspending)
+	e.mu.Lock()
+	f := e.onSuspend
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
 	err := srv.Stop(ctx)
 	if uerr := e.mounter.Unmount(ctx); err == nil {
 		err = uerr

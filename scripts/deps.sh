@@ -27,6 +27,24 @@ install_versitygw() {
 }
 install_versitygw
 
+# Neon's serverless driver for the endpoint tests (tests/node, pinned by
+# its package-lock.json): npm ci when it is not installed yet.
+install_driver() {
+	local dir
+	dir="$(dirname "$0")/../tests/node"
+	if [ -d "$dir/node_modules/@neondatabase/serverless" ]; then
+		echo "deps: serverless driver present ($dir/node_modules)"
+		return 0
+	fi
+	if ! command -v npm >/dev/null 2>&1; then
+		echo "deps: npm not found; the serverless driver tests need Node.js and npm" >&2
+		return 1
+	fi
+	echo "deps: installing the serverless driver with npm ci in $dir"
+	(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+install_driver
+
 missing=()
 have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
 
