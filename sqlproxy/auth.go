@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -34,6 +35,12 @@ func connectAs(ctx context.Context, b Backend, user, password, database string, 
 		if err != nil {
 			return nil, &backendError{err}
 		}
+		if done != nil {
+			// A later dial is pgconn's cancel request (CancelRequest, and
+			// asyncClose after a deadline or a broken read): pgconn closes
+			// that connection itself, so its done goes with its Close.
+			return &doneConn{Conn: c, done: d}, nil
+		}
 		done = d
 		return c, nil
 	}
@@ -55,11 +62,26 @@ func connectAs(ctx context.Context, b Backend, user, password, database string, 
 // woken), as opposed to Postgres refusing the session.
 type backendError struct{ err error }
 
-func (e *backendError) Error() string { return "neonfs: the database could not be started: " + e.err.Error() }
+func (e *backendError) Error() string {
+	return "neonfs: the database could not be started: " + e.err.Error()
+}
 func (e *backendError) Unwrap() error { return e.err }
 
 // isBackendError reports whether err is a failure to wake the backend.
 func isBackendError(err error) bool {
 	var be *backendError
 	return errors.As(err, &be)
+}
+
+// doneConn calls done once when closed.
+type doneConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *doneConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
 }

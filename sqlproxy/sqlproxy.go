@@ -139,16 +139,16 @@ func (p *Proxy) serve(client net.Conn) {
 		writeError(client, "08006", fmt.Sprintf("neonfs: lost the database: %v", err))
 		return
 	}
-	p.relay(client, server)
+	relay(p.backend, client, server)
 }
 
 // relay copies both ways until either side ends, touching the backend as
 // bytes flow.
-func (p *Proxy) relay(client, server net.Conn) {
+func relay(b Backend, client, server net.Conn) {
 	var wg sync.WaitGroup
 	copyHalf := func(dst, src net.Conn) {
 		defer wg.Done()
-		io.Copy(touchWriter{dst, p.backend}, src)
+		io.Copy(touchWriter{dst, b}, src)
 		// One side ended: end the other, so neither copy waits for ever.
 		dst.Close()
 		src.Close()

@@ -54,7 +54,7 @@ out.httpRow = rows[0];
 const [a, b] = await sql.transaction([
   sql`INSERT INTO driver_t VALUES (51, 'via http') RETURNING id`,
   sql`SELECT count(*)::int AS n FROM driver_t`,
-], { isolationMode: 'Serializable' });
+], { isolationLevel: 'Serializable' });
 out.httpTxInsert = a[0].id;
 out.httpTxCount = b[0].n;
 
