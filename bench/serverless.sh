@@ -4,9 +4,11 @@
 # WebSocket (Pool), over SQL over HTTP (neon()) and over TCP (pgx, as psql
 # connects), warm (Postgres running) and from suspended (`endpoint
 # suspend` before each round), median and p90 of $RUNS, the three
-# alternating round by round; then point-query throughput with 8
-# concurrent clients over HTTP vs pgx over TCP (medians of 3 alternating
-# rounds of $SECONDS_PER_ROUND s).
+# alternating round by round (each a fresh client process, as an edge
+# function invocation is; warm also within one Node process); then
+# point-query throughput with 8 concurrent clients over HTTP (the driver
+# under Node, and Go's HTTP client) vs pgx over TCP (medians of 3
+# alternating rounds of $SECONDS_PER_ROUND s).
 #
 #   sudo bench/serverless.sh
 #   sudo RUNS=5 SECONDS_PER_ROUND=5 bench/serverless.sh
@@ -71,6 +73,13 @@ one() {
 	http) (cd bench/serverless && MODE=http ROUNDS=1 node first.mjs) ;;
 	esac
 }
+# Warm, within one Node process (its own first request, which sets up
+# fetch or the WebSocket machinery, dropped): the endpoint's cost without
+# a fresh process's.
+inproc() { (cd bench/serverless && MODE=$1 ROUNDS=$((RUNS + 1)) node first.mjs) | tail -n +2 | tr '\n' ' '; }
+one tcp >/dev/null
+INPROC_WS=$(inproc ws)
+INPROC_HTTP=$(inproc http)
 declare -A T
 for state in warm suspended; do
 	for kind in tcp ws http; do T[$state-$kind]=""; done
@@ -89,10 +98,11 @@ done
 
 echo "bench: throughput, 8 clients, 3 rounds of ${SECS}s each way" >&2
 one tcp >/dev/null
-TP_TCP="" TP_HTTP=""
+TP_TCP="" TP_HTTP="" TP_GOHTTP=""
 for i in 1 2 3; do
 	TP_TCP+="$(CLIENTS=8 TPUT_SECONDS=$SECS "$WORK/pgxtput") "
 	TP_HTTP+="$(cd bench/serverless && CLIENTS=8 TPUT_SECONDS=$SECS node tput.mjs) "
+	TP_GOHTTP+="$(MODE=http CLIENTS=8 TPUT_SECONDS=$SECS "$WORK/pgxtput") "
 done
 
 stat() { tr ' ' '\n' | grep -v '^$' | quantile "$1"; }
@@ -106,8 +116,13 @@ for state in warm suspended; do
 	done
 	echo
 done
+echo "warm within one Node process (first request dropped): WebSocket $(echo "$INPROC_WS" | stat 0.5) / $(echo "$INPROC_WS" | stat 0.9), HTTP $(echo "$INPROC_HTTP" | stat 0.5) / $(echo "$INPROC_HTTP" | stat 0.9)"
 echo "raw: $(for k in "${!T[@]}"; do echo "$k: ${T[$k]}"; done | sort | tr '\n' ';')"
 tcp_med=$(echo "$TP_TCP" | stat 0.5)
 http_med=$(echo "$TP_HTTP" | stat 0.5)
 echo
-echo "point queries/s, 8 clients: pgx over TCP $tcp_med ($TP_TCP), SQL over HTTP $http_med ($TP_HTTP), HTTP/TCP $(awk -v a="$http_med" -v b="$tcp_med" 'BEGIN { printf "%.2f", a / b }')"
+gohttp_med=$(echo "$TP_GOHTTP" | stat 0.5)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "point queries/s, 8 clients: pgx over TCP $tcp_med ($TP_TCP)"
+echo "  SQL over HTTP, the driver's neon() under Node: $http_med ($TP_HTTP), /TCP $(ratio "$http_med" "$tcp_med")"
+echo "  SQL over HTTP, Go's HTTP client (the endpoint without Node's cost): $gohttp_med ($TP_GOHTTP), /TCP $(ratio "$gohttp_med" "$tcp_med")"

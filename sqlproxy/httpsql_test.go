@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,9 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/neonfs/neonfs/pgserve"
-	"github.com/neonfs/neonfs/pgserve/pgservetest"
 )
 
 // sqlHTTPSetup serves an HTTP listener for a stopped endpoint whose
@@ -31,17 +27,7 @@ func sqlHTTPSetup(t *testing.T, opts HTTPOptions) (*lazyBackend, *HTTPServer) {
 // sqlHTTPSetupWith serves the backend as wrap makes it, when not nil.
 func sqlHTTPSetupWith(t *testing.T, opts HTTPOptions, wrap func(*lazyBackend) Backend) (*lazyBackend, *HTTPServer) {
 	t.Helper()
-	dir := pgservetest.Dir(t)
-	cfg := pgserve.Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
-		Password: pgserve.NewPassword(), Conf: map[string]string{"shared_buffers": "16MB", "fsync": "off"}}
-	if err := pgserve.Init(context.Background(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	b := &lazyBackend{cfg: cfg}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newLazyBackend(t)
 	if opts.WakeTimeout == 0 {
 		opts.WakeTimeout = time.Minute
 	}
@@ -49,14 +35,10 @@ func sqlHTTPSetupWith(t *testing.T, opts HTTPOptions, wrap func(*lazyBackend) Ba
 	if wrap != nil {
 		backend = wrap(b)
 	}
-	s := ServeHTTP(ln, backend, opts)
+	s := ServeHTTP(listenLocal(t), backend, opts)
 	t.Cleanup(func() {
 		s.Close()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if b.srv != nil {
-			b.srv.Stop(context.Background())
-		}
+		b.stop()
 	})
 	return b, s
 }

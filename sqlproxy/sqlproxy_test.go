@@ -51,7 +51,9 @@ func (b *lazyBackend) Dial(ctx context.Context) (net.Conn, func(), error) {
 
 func (b *lazyBackend) Touch() { b.touches.Add(1) }
 
-func setup(t *testing.T) (*lazyBackend, *Proxy) {
+// newLazyBackend makes a cluster (scram-sha-256, a password) that starts
+// on the first Dial and stops when the test ends.
+func newLazyBackend(t *testing.T) *lazyBackend {
 	t.Helper()
 	dir := pgservetest.Dir(t)
 	cfg := pgserve.Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
@@ -59,17 +61,34 @@ func setup(t *testing.T) (*lazyBackend, *Proxy) {
 	if err := pgserve.Init(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	b := &lazyBackend{cfg: cfg}
+	return &lazyBackend{cfg: cfg}
+}
+
+// stop stops Postgres if it started.
+func (b *lazyBackend) stop() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.srv != nil {
+		b.srv.Stop(context.Background())
+	}
+}
+
+func listenLocal(t *testing.T) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := Serve(ln, b)
+	return ln
+}
+
+func setup(t *testing.T) (*lazyBackend, *Proxy) {
+	t.Helper()
+	b := newLazyBackend(t)
+	p := Serve(listenLocal(t), b)
 	t.Cleanup(func() {
 		p.Close()
-		if b.srv != nil {
-			b.srv.Stop(context.Background())
-		}
+		b.stop()
 	})
 	return b, p
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,32 +14,17 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/neonfs/neonfs/pgserve"
-	"github.com/neonfs/neonfs/pgserve/pgservetest"
 )
 
 // wsSetup serves an HTTP listener for a stopped endpoint whose Postgres
 // asks for scram-sha-256 and the role's password (never trust).
 func wsSetup(t *testing.T) (*lazyBackend, *HTTPServer) {
 	t.Helper()
-	dir := pgservetest.Dir(t)
-	cfg := pgserve.Config{DataDir: filepath.Join(dir, "pgdata"), SocketDir: filepath.Join(dir, "sock"),
-		Password: pgserve.NewPassword(), Conf: map[string]string{"shared_buffers": "16MB", "fsync": "off"}}
-	if err := pgserve.Init(context.Background(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	b := &lazyBackend{cfg: cfg}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := ServeHTTP(ln, b, HTTPOptions{WakeTimeout: time.Minute})
+	b := newLazyBackend(t)
+	s := ServeHTTP(listenLocal(t), b, HTTPOptions{WakeTimeout: time.Minute})
 	t.Cleanup(func() {
 		s.Close()
-		if b.srv != nil {
-			b.srv.Stop(context.Background())
-		}
+		b.stop()
 	})
 	return b, s
 }

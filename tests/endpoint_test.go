@@ -23,11 +23,23 @@ type serveDaemon struct {
 
 func startServe(t *testing.T, c volumeCLI, runDir, logPath string) *serveDaemon {
 	t.Helper()
+	s := launchServe(t, exec.Command(c.bin, "serve", "--data", c.data, "--run-dir", runDir), runDir, logPath)
+	waitFor(t, time.Minute, "neonfs serve to answer", func() bool {
+		code, _, _ := c.run(t, "endpoint", "list")
+		return code == 0
+	})
+	return s
+}
+
+// launchServe starts cmd (a `neonfs serve`) in its own process group,
+// output appended to logPath, and stops it and unmounts what it left under
+// runDir when the test ends.
+func launchServe(t *testing.T, cmd *exec.Cmd, runDir, logPath string) *serveDaemon {
+	t.Helper()
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(c.bin, "serve", "--data", c.data, "--run-dir", runDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -40,10 +52,6 @@ func startServe(t *testing.T, c volumeCLI, runDir, logPath string) *serveDaemon 
 		for _, m := range mountsUnder(runDir) {
 			forceUnmount(m)
 		}
-	})
-	waitFor(t, time.Minute, "neonfs serve to answer", func() bool {
-		code, _, _ := c.run(t, "endpoint", "list")
-		return code == 0
 	})
 	return s
 }

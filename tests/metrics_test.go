@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -19,24 +18,7 @@ import (
 // /metrics answers.
 func startServeMetrics(t *testing.T, c volumeCLI, runDir, logPath, addr string) *serveDaemon {
 	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(c.bin, "serve", "--data", c.data, "--run-dir", runDir, "--metrics", addr)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &serveDaemon{cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); logf.Close(); close(s.done) }()
-	t.Cleanup(func() {
-		s.stop(t)
-		for _, m := range mountsUnder(runDir) {
-			forceUnmount(m)
-		}
-	})
+	s := launchServe(t, exec.Command(c.bin, "serve", "--data", c.data, "--run-dir", runDir, "--metrics", addr), runDir, logPath)
 	waitFor(t, time.Minute, "neonfs serve to answer /metrics", func() bool {
 		select {
 		case <-s.done:

@@ -175,28 +175,11 @@ func TestSystemd(t *testing.T) {
 // that execs it), and NOTIFY_SOCKET.
 func startActivated(t *testing.T, c volumeCLI, runDir, logPath, notifyPath string, fds []*os.File, names string) *serveDaemon {
 	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`,
 		c.bin, "serve", "--data", c.data, "--run-dir", runDir)
 	cmd.Env = append(os.Environ(), "LISTEN_FDS="+strconv.Itoa(len(fds)), "LISTEN_FDNAMES="+names, "NOTIFY_SOCKET="+notifyPath)
 	cmd.ExtraFiles = fds
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &serveDaemon{cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); logf.Close(); close(s.done) }()
-	t.Cleanup(func() {
-		s.stop(t)
-		for _, m := range mountsUnder(runDir) {
-			forceUnmount(m)
-		}
-	})
-	return s
+	return launchServe(t, cmd, runDir, logPath)
 }
 
 // expectNote waits for the daemon to send want on its NOTIFY_SOCKET.
