@@ -3,14 +3,18 @@ package fusefs
 import (
 	"bufio"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
 	"github.com/neonfs/neonfs/volume"
 )
 
@@ -23,7 +27,18 @@ type Options struct {
 	// full_page_writes repairs such a torn page after a crash.
 	WritebackCache bool
 	Debug          bool
+	// ReadAheadKB is the kernel's readahead window for the mount (the
+	// FUSE connection's bdi); 0 means DefaultReadAheadKB, -1 the kernel's
+	// own 128 KiB.
+	ReadAheadKB int
 }
+
+// DefaultReadAheadKB: a sequential read of a cold 512 MiB file went from
+// 1.2-1.3 s with the kernel's 128 KiB to 0.7-0.95 s with 1 MiB (one READ
+// round trip per MiB instead of per 128 KiB); 4 MiB was no better. Random
+// reads are not affected: the kernel grows the window only for
+// sequential access.
+const DefaultReadAheadKB = 1024
 
 // Mount serves bfs at mountpoint. The caller waits on the returned server
 // and unmounts it.
@@ -76,7 +91,27 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
+	if ra := o.ReadAheadKB; ra >= 0 {
+		if ra == 0 {
+			ra = DefaultReadAheadKB
+		}
+		if err := setReadAhead(abs, ra); err != nil {
+			// Slower sequential reads, nothing worse.
+			slog.Warn("cannot set the mount's readahead", "mountpoint", abs, "kb", ra, "err", err)
+		}
+	}
 	return srv, nil
+}
+
+// setReadAhead sets the readahead window of the FUSE connection mounted
+// at mnt, through its bdi in sysfs (named by the mount's device number).
+func setReadAhead(mnt string, kb int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(mnt, &st); err != nil {
+		return err
+	}
+	path := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(path, []byte(strconv.Itoa(kb)), 0)
 }
 
 // IsMounted reports whether path is a mount point.
