@@ -48,6 +48,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/neonfs/neonfs/blockstore"
 	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/objstore"
@@ -108,6 +110,32 @@ type Options struct {
 	// NoFlush leaves the memtable alone (for status and other inspection):
 	// no background flushes, no flush on close.
 	NoFlush bool
+	// OpenLog opens the log; nil: the Raft log in DIR/raft (raftwal).
+	OpenLog OpenLog
+}
+
+// Log is the ordered stream every change of the volume is committed
+// through: raftwal's Raft node, or an in-memory one in tests
+// (raftwal/memlog). Apply returns once the entry is committed and applied
+// to the FSM, with its index and the FSM's answer, or raftwal.ErrClosed
+// after Close; Snapshot has the FSM snapshotted and the log before it
+// truncated.
+type Log interface {
+	Apply(data []byte) (index uint64, resp any, err error)
+	Snapshot() error
+	Stats() (last, applied uint64)
+	Close() error
+}
+
+// OpenLog starts a log over fsm and returns once everything it holds is
+// applied to fsm.
+type OpenLog func(ctx context.Context, fsm raft.FSM) (Log, error)
+
+// raftLog is the default: the Raft log in dir/raft.
+func raftLog(dir string) OpenLog {
+	return func(ctx context.Context, fsm raft.FSM) (Log, error) {
+		return raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, fsm)
+	}
 }
 
 func (o *Options) defaults() {
@@ -148,7 +176,7 @@ type Volume struct {
 	store  *blockstore.Store
 	cache  *objstore.CachedStore // in front of a remote store; nil for a local one
 	fsm    *fsm.FSM
-	log    *raftwal.Node
+	log    Log
 	commit *commit.Committer
 	gate   *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
@@ -187,6 +215,8 @@ type Volume struct {
 type InitOptions struct {
 	S3        *s3.Config    // nil: a local directory
 	Retention time.Duration // 0: DefaultRetention
+	// OpenLog: as Options.OpenLog; the log it opens must be empty.
+	OpenLog OpenLog
 }
 
 // Init creates an empty volume in dir, which must be missing or empty,
@@ -221,10 +251,12 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 	if err := writeFileSync(filepath.Join(dir, configFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("write volume config: %w", err)
 	}
-	if err := raftwal.Bootstrap(raftwal.Config{Dir: filepath.Join(dir, "raft")}); err != nil {
-		return err
+	if o.OpenLog == nil {
+		if err := raftwal.Bootstrap(raftwal.Config{Dir: filepath.Join(dir, "raft")}); err != nil {
+			return err
+		}
 	}
-	v, err := Open(ctx, dir, Options{})
+	v, err := Open(ctx, dir, Options{OpenLog: o.OpenLog})
 	if err != nil {
 		return err
 	}
@@ -363,7 +395,11 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		v.store.SetGeneration(v.gen)
 	}
 	v.fsm = fsm.New(v.store, time.Now(), rootIno)
-	v.log, err = raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, v.fsm)
+	openLog := opts.OpenLog
+	if openLog == nil {
+		openLog = raftLog(dir)
+	}
+	v.log, err = openLog(ctx, v.fsm)
 	if err != nil {
 		lock.Close()
 		return nil, err
