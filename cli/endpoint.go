@@ -268,6 +268,11 @@ func endpointSpec(c *ucli.Context, branch string) (*daemon.EndpointSpec, error) 
 // endpointVerb is a one-branch endpoint command: call the daemon, print
 // done (or, when empty, the connection string it answers).
 func endpointVerb(name, usage, call, done string) *ucli.Command {
+	return daemonVerb(name, "endpoint "+name, usage, call, done)
+}
+
+// daemonVerb is endpointVerb for a command named label in messages.
+func daemonVerb(name, label, usage, call, done string) *ucli.Command {
 	return &ucli.Command{
 		Name:      name,
 		Usage:     usage,
@@ -275,7 +280,7 @@ func endpointVerb(name, usage, call, done string) *ucli.Command {
 		Flags:     []ucli.Flag{dataFlag},
 		Action: func(c *ucli.Context) error {
 			if c.NArg() != 1 {
-				return fmt.Errorf("endpoint %s: want exactly one BRANCH argument, got %d", name, c.NArg())
+				return fmt.Errorf("%s: want exactly one BRANCH argument, got %d", label, c.NArg())
 			}
 			r, err := remoteFor(c.Context, c.String("data"))
 			if err != nil {
@@ -296,25 +301,6 @@ func endpointVerb(name, usage, call, done string) *ucli.Command {
 }
 
 func connectionStringCommand() *ucli.Command {
-	return &ucli.Command{
-		Name:      "connection-string",
-		Usage:     "print the connection string of a branch's endpoint",
-		ArgsUsage: "BRANCH",
-		Flags:     []ucli.Flag{dataFlag},
-		Action: func(c *ucli.Context) error {
-			if c.NArg() != 1 {
-				return fmt.Errorf("connection-string: want exactly one BRANCH argument, got %d", c.NArg())
-			}
-			r, err := remoteFor(c.Context, c.String("data"))
-			if err != nil {
-				return err
-			}
-			var rep daemon.EndpointReply
-			if err := r.call(c.Context, "connection-string", daemon.Args{Name: c.Args().First()}, &rep); err != nil {
-				return err
-			}
-			printEndpoint(rep)
-			return nil
-		},
-	}
+	return daemonVerb("connection-string", "connection-string", "print the connection string of a branch's endpoint",
+		"connection-string", "")
 }
