@@ -7,12 +7,14 @@ package raftwal
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -30,6 +32,29 @@ type Config struct {
 	// group-commit batches of up to a few MiB, so keep it small.
 	TrailingLogs uint64
 	Logger       *slog.Logger
+
+	// Cluster: with Bind set the node talks Raft over TCP on one port
+	// (Mux) shared with node RPCs, and Advertise (default Bind) is the
+	// address peers dial. Without it the log is a single voter on an
+	// in-memory transport.
+	Bind, Advertise string
+	TLS             *tls.Config // mutual TLS between peers; nil: plain TCP
+	// EncodeReply and DecodeReply carry the FSM's answers to forwarded
+	// proposals (a cluster needs both).
+	EncodeReply func(any) []byte
+	DecodeReply func([]byte) (any, error)
+	// Info answers a peer's info request (a joining node asks for the
+	// volume's description).
+	Info func() []byte
+}
+
+func (c Config) clustered() bool { return c.Bind != "" }
+
+func (c Config) advertise() string {
+	if c.Advertise != "" {
+		return c.Advertise
+	}
+	return c.Bind
 }
 
 const localAddr = "local"
@@ -52,6 +77,17 @@ type Node struct {
 	store *walStore
 	trans raft.Transport
 	log   *slog.Logger
+	cfg   Config
+
+	// Cluster only: the shared port and RPC connections to peers.
+	mux *Mux
+	rpc *rpcClient
+
+	// appliedCh is closed and replaced after each applied entry, so a
+	// forwarded proposal can wait until this node has applied it.
+	appliedMu sync.Mutex
+	appliedCh chan struct{}
+	done      chan struct{}
 }
 
 // walStore is raft-wal with its metadata store, which WAL.Close leaves
@@ -129,8 +165,12 @@ func bootstrap(cfg Config, seed func(*walStore, raft.SnapshotStore, raft.Transpo
 	if err != nil {
 		return fmt.Errorf("create snapshot store: %w", err)
 	}
-	_, trans := raft.NewInmemTransport(localAddr)
-	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(cfg.id()), Address: localAddr}}}
+	addr := raft.ServerAddress(localAddr)
+	if cfg.clustered() {
+		addr = raft.ServerAddress(cfg.advertise())
+	}
+	_, trans := raft.NewInmemTransport(addr)
+	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(cfg.id()), Address: addr}}}
 	return seed(store, snaps, trans, conf)
 }
 
@@ -154,6 +194,19 @@ func raftConfig(cfg Config) *raft.Config {
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = 16
 	}
+	if cfg.clustered() {
+		// Peers over TCP: a missed heartbeat or two must not start an
+		// election, and an election must end well inside a writer lease's
+		// renewal margin (volume: TTL/2).
+		c.HeartbeatTimeout = 500 * time.Millisecond
+		c.ElectionTimeout = 500 * time.Millisecond
+		c.LeaderLeaseTimeout = 250 * time.Millisecond
+		// A follower that was away briefly catches up from the log, not a
+		// snapshot of the whole memtable.
+		if cfg.TrailingLogs == 0 {
+			c.TrailingLogs = 512
+		}
+	}
 	return c
 }
 
@@ -163,8 +216,10 @@ func Exists(dir string) bool {
 	return err == nil
 }
 
-// Open starts the node on an existing log and waits until it leads and has
-// applied every committed entry to fsm.
+// Open starts the node on an existing log. A single voter returns once it
+// leads and has applied every committed entry to fsm; a cluster node once
+// it has caught up with the leader, or after a while without one (a
+// replica may start while its peers are down; proposals then wait).
 func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -172,6 +227,9 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 	}
 	if !Exists(cfg.Dir) {
 		return nil, fmt.Errorf("no log in %s", cfg.Dir)
+	}
+	if cfg.clustered() && (cfg.EncodeReply == nil || cfg.DecodeReply == nil) {
+		return nil, errors.New("a cluster log needs EncodeReply and DecodeReply")
 	}
 	store, err := openWAL(cfg.Dir)
 	if err != nil {
@@ -182,15 +240,31 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	_, trans := raft.NewInmemTransport(localAddr)
-	r, err := raft.NewRaft(raftConfig(cfg), fsm, store, store, snaps, trans)
+	n := &Node{store: store, log: log, cfg: cfg, appliedCh: make(chan struct{}), done: make(chan struct{})}
+	if cfg.clustered() {
+		if n.mux, err = Listen(cfg.Bind, cfg.advertise(), cfg.TLS); err != nil {
+			store.Close()
+			return nil, err
+		}
+		n.rpc = &rpcClient{mux: n.mux, idle: map[string][]*rpcConn{}}
+		n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: n.mux.Raft(), MaxPool: 4, Timeout: 10 * time.Second, Logger: hlog()})
+	} else {
+		_, n.trans = raft.NewInmemTransport(localAddr)
+	}
+	r, err := raft.NewRaft(raftConfig(cfg), notifyFSM{FSM: fsm, n: n}, store, store, snaps, n.trans)
 	if err != nil {
+		n.closeTransport()
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n := &Node{raft: r, store: store, trans: trans, log: log}
-	last := r.LastIndex()
-	log.Info("replaying log", "last_index", last)
+	n.raft = r
+	log.Info("replaying log", "last_index", r.LastIndex())
+	if cfg.clustered() {
+		go n.serveRPC(n.mux.RPC())
+		n.catchUp(ctx)
+		return n, nil
+	}
 	for r.State() != raft.Leader {
 		select {
 		case <-ctx.Done():
@@ -211,8 +285,22 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 var ErrClosed = errors.New("log closed")
 
 // Apply appends data as one entry and returns once it is committed and
-// applied, with its index and the FSM's response.
+// applied here, with its index and the FSM's response. On a cluster node
+// that does not lead, the leader proposes it (forwarded over the RPC port)
+// and Apply waits until this node has applied it too, so a writer reads
+// its own writes. Errors other than ErrClosed are transient: no leader, a
+// leader that changed or is unreachable; the caller retries.
 func (n *Node) Apply(data []byte) (uint64, any, error) {
+	if n.mux == nil || n.raft.State() == raft.Leader {
+		idx, resp, err := n.applyLocal(data)
+		if n.mux == nil || !errors.Is(err, raft.ErrNotLeader) {
+			return idx, resp, err
+		}
+	}
+	return n.forward(data)
+}
+
+func (n *Node) applyLocal(data []byte) (uint64, any, error) {
 	f := n.raft.Apply(data, 0)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrRaftShutdown) {
@@ -252,11 +340,31 @@ func LogBytes(dir string) int64 {
 	return total
 }
 
-// Close stops the node and closes the log store.
+// Close stops the node and closes the log store. A cluster leader hands
+// leadership to a caught-up voter first, so the others do not wait out an
+// election timeout.
 func (n *Node) Close() error {
+	if n.mux != nil && n.raft.State() == raft.Leader && n.otherVoters() > 0 {
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.log.Warn("could not hand leadership over before stopping", "err", err)
+		} else {
+			n.log.Info("handed leadership over before stopping")
+		}
+	}
+	close(n.done)
 	err := n.raft.Shutdown().Error()
+	n.closeTransport()
+	return errors.Join(err, n.store.Close())
+}
+
+func (n *Node) closeTransport() {
 	if c, ok := n.trans.(io.Closer); ok {
 		c.Close()
 	}
-	return errors.Join(err, n.store.Close())
+	if n.rpc != nil {
+		n.rpc.close()
+	}
+	if n.mux != nil {
+		n.mux.Close()
+	}
 }

@@ -35,6 +35,11 @@ type BranchFS struct {
 
 	mountpoint string // where the daemon serves it, for listings
 
+	// Cluster nodes: the writer lease a read-write mount holds, and
+	// whether it was lost (then every write and fsync fails).
+	lease  *lease
+	fenced atomic.Bool
+
 	// mu orders mutations: a change and the Put that logs it happen under
 	// it, so the log order is the order the file system saw.
 	mu    sync.RWMutex
@@ -258,6 +263,9 @@ func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore
 func (f *BranchFS) begin(bytes int) syscall.Errno {
 	if f.readOnly {
 		return syscall.EROFS
+	}
+	if f.fenced.Load() {
+		return syscall.EIO
 	}
 	return commit.Errno(f.vol.gate.Wait(bytes))
 }

@@ -343,6 +343,11 @@ func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 		slog.Error("fsync", "branch", f.name, "ino", ino, "err", err)
 		return syscall.EIO
 	}
+	if f.fenced.Load() {
+		// The lease was lost while waiting: what this branch wrote may be
+		// refused by the log, so nothing can be acknowledged.
+		return syscall.EIO
+	}
 	return 0
 }
 

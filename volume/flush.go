@@ -38,6 +38,9 @@ func (v *Volume) flusher() {
 		case <-t.C:
 		case <-v.flushKick:
 		}
+		if !v.leadFlushes(ctx) {
+			continue
+		}
 		v.flushMu.Lock()
 		release := v.releaseAsked.Swap(false) && v.unmounted()
 		active, frozen := v.store.MemBytes()
@@ -70,6 +73,51 @@ func (v *Volume) flusher() {
 		}
 		v.flushMu.Unlock()
 	}
+}
+
+// leadFlushes reports whether this node flushes: a single voter always; a
+// cluster node while it leads, after claiming a generation newer than any
+// earlier leader's (so its layer names and manifests win). A follower
+// instead snapshots its log once the leader's layers have replaced part of
+// its memtable, so its own log stays short.
+func (v *Volume) leadFlushes(ctx context.Context) bool {
+	if v.cluster == nil {
+		return true
+	}
+	if !v.log.IsLeader() {
+		v.flushMu.Lock()
+		v.genTerm = false
+		var covered uint64 // the highest LSN a layer holds
+		for _, l := range v.store.Layers() {
+			covered = max(covered, l.MaxLSN)
+		}
+		if covered > v.snapCovered {
+			if err := v.log.Snapshot(); err != nil {
+				slog.Warn("snapshot the log on a follower", "err", err)
+			} else {
+				v.snapCovered = covered
+			}
+		}
+		v.flushMu.Unlock()
+		return false
+	}
+	if v.genTerm {
+		return true
+	}
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	gen, err := claimGeneration(ctx, v.dir, v.store.Objects())
+	if err != nil {
+		slog.Error("claim a writer generation as the new leader; flushes wait", "err", err)
+		return false
+	}
+	v.gen = gen
+	v.store.SetGeneration(gen)
+	v.fencedBy.Store(0)
+	v.lastFrozen = nil
+	v.genTerm = true
+	slog.Info("leading the cluster: this node flushes layers", "generation", gen)
+	return true
 }
 
 // needsFlush says whether the memtable (active and frozen bytes) should be

@@ -110,8 +110,15 @@ type Options struct {
 	// NoFlush leaves the memtable alone (for status and other inspection):
 	// no background flushes, no flush on close.
 	NoFlush bool
-	// OpenLog opens the log; nil: the Raft log in DIR/raft (raftwal).
+	// OpenLog opens the log; nil: the Raft log in DIR/raft (raftwal), a
+	// cluster node when DIR/cluster.json says so.
 	OpenLog OpenLog
+	// LeaseTTL is a cluster writer lease's time to live (DefaultLeaseTTL).
+	LeaseTTL time.Duration
+	// OnLeaseLost is called (on its own goroutine) when a read-write mount
+	// on a cluster node lost its writer lease: the mount is fenced and
+	// whoever serves it should stop its users and unmount it.
+	OnLeaseLost func(branch string, err error)
 }
 
 // Log is the ordered stream every change of the volume is committed
@@ -125,16 +132,27 @@ type Log interface {
 	Snapshot() error
 	Stats() (last, applied uint64)
 	Close() error
+	// IsLeader: this node proposes directly and is the one that flushes
+	// layers. A single log always leads.
+	IsLeader() bool
 }
 
 // OpenLog starts a log over fsm and returns once everything it holds is
 // applied to fsm.
 type OpenLog func(ctx context.Context, fsm raft.FSM) (Log, error)
 
-// raftLog is the default: the Raft log in dir/raft.
+// raftLog is the default: the Raft log in dir/raft, with peers when
+// dir/cluster.json exists.
 func raftLog(dir string) OpenLog {
-	return func(ctx context.Context, fsm raft.FSM) (Log, error) {
-		return raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, fsm)
+	return func(ctx context.Context, f raft.FSM) (Log, error) {
+		c, err := ReadCluster(dir)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			return openClusterLog(ctx, dir, *c, f.(*fsm.FSM))
+		}
+		return raftwal.Open(ctx, raftwal.Config{Dir: filepath.Join(dir, "raft")}, f)
 	}
 }
 
@@ -166,19 +184,26 @@ func (o *Options) defaults() {
 	if o.MaxUnflushed == 0 {
 		o.MaxUnflushed = max(2<<30, 4*o.FlushBytes)
 	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
 }
 
 // Volume is an open volume. One process holds it at a time.
 type Volume struct {
-	dir    string
-	opts   Options
-	lock   *os.File
-	store  *blockstore.Store
-	cache  *objstore.CachedStore // in front of a remote store; nil for a local one
-	fsm    *fsm.FSM
-	log    Log
-	commit *commit.Committer
-	gate   *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
+	dir   string
+	opts  Options
+	lock  *os.File
+	store *blockstore.Store
+	cache *objstore.CachedStore // in front of a remote store; nil for a local one
+	fsm   *fsm.FSM
+	log   Log
+	// cluster is the log's cluster side, nil for a single voter; held is
+	// the writer leases this node holds (lease.go).
+	cluster ClusterLog
+	held    leases
+	commit  *commit.Committer
+	gate    *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
 	fsyncs     *hist.Histogram // seconds per fsync (FsyncBounds)
 	syncWrites *hist.Histogram // seconds a write to a file fsynced lately waited for its commit
@@ -192,10 +217,12 @@ type Volume struct {
 	// log entry.
 	branchMu sync.Mutex
 
-	retention time.Duration
-	gen       uint64                 // this open's writer generation (0: read-only inspection)
-	fencedBy  atomic.Uint64          // a newer writer's generation, once seen
-	published atomic.Pointer[string] // the last manifest uploaded
+	retention   time.Duration
+	gen         uint64                 // this open's writer generation (0: read-only inspection or a cluster follower)
+	genTerm     bool                   // a cluster node claimed gen since it last became leader
+	snapCovered uint64                 // a follower's highest layer LSN at its last log snapshot
+	fencedBy    atomic.Uint64          // a newer writer's generation, once seen
+	published   atomic.Pointer[string] // the last manifest uploaded
 	// Under flushMu: flushes, merges, manifests and deletions take turns.
 	flushMu  sync.Mutex
 	flushing atomic.Bool // a flush, merge or gc is running (for status)
@@ -217,6 +244,11 @@ type InitOptions struct {
 	Retention time.Duration // 0: DefaultRetention
 	// OpenLog: as Options.OpenLog; the log it opens must be empty.
 	OpenLog OpenLog
+	// Cluster makes the volume's first node of a cluster (its objects must
+	// be somewhere every node reaches: S3 or an absolute Objects path).
+	Cluster *ClusterConfig
+	// Objects is the object directory (default DATA/objects).
+	Objects string
 }
 
 // Init creates an empty volume in dir, which must be missing or empty,
@@ -240,19 +272,44 @@ func InitWith(ctx context.Context, dir string, o InitOptions) error {
 			return fmt.Errorf("%s already holds %d layer objects: use an empty bucket or prefix", o.S3, len(objs))
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
 	cfg := Config{Format: 1, Created: time.Now().UTC(), Objects: "objects", S3: o.S3}
+	if o.Objects != "" {
+		if o.S3 != nil {
+			return errors.New("objects go to S3 or to a directory, not both")
+		}
+		abs, err := filepath.Abs(o.Objects)
+		if err != nil {
+			return fmt.Errorf("objects dir: %w", err)
+		}
+		cfg.Objects = abs
+	}
 	if o.Retention > 0 {
 		cfg.Retention = o.Retention.String()
+	}
+	if o.Cluster != nil {
+		if err := o.Cluster.Check(); err != nil {
+			return err
+		}
+		if err := checkShared(cfg); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	if err := writeFileSync(filepath.Join(dir, configFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("write volume config: %w", err)
 	}
 	if o.OpenLog == nil {
-		if err := raftwal.Bootstrap(raftwal.Config{Dir: filepath.Join(dir, "raft")}); err != nil {
+		rc := raftwal.Config{Dir: filepath.Join(dir, "raft")}
+		if o.Cluster != nil {
+			if err := writeCluster(dir, *o.Cluster); err != nil {
+				return err
+			}
+			rc = raftwal.Config{Dir: rc.Dir, ID: o.Cluster.NodeID, Bind: o.Cluster.Bind, Advertise: o.Cluster.Advertise}
+		}
+		if err := raftwal.Bootstrap(rc); err != nil {
 			return err
 		}
 	}
@@ -387,7 +444,14 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		flushKick: make(chan struct{}, 1), stop: make(chan struct{}),
 		fsyncs: hist.New(FsyncBounds...), syncWrites: hist.New(FsyncBounds...)}
 	v.store = blockstore.NewStore(objects, opts.CacheBytes)
-	if !opts.NoFlush {
+	clustered, err := ReadCluster(dir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	// A cluster node claims a generation when it becomes leader (the
+	// flusher): only the leader writes layers and manifests.
+	if !opts.NoFlush && clustered == nil {
 		if v.gen, err = claimGeneration(ctx, dir, objects); err != nil {
 			lock.Close()
 			return nil, err
@@ -404,6 +468,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 		lock.Close()
 		return nil, err
 	}
+	if cl, ok := v.log.(ClusterLog); ok && cl.Clustered() {
+		v.cluster = cl
+		v.held.tokens = map[uint32]uint64{}
+	}
 	if h := v.fsm.Halted(); h != nil && !opts.NoFlush {
 		// Inspection (status) may open a stopped volume; a writer may not.
 		v.log.Close()
@@ -417,6 +485,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	}
 	v.gate = commit.NewAdmission(dir, limits, v.store, v.kickFlush)
 	v.commit = commit.NewCommitter(v.propose, opts.MaxBatch, opts.Linger, v.gate.Changed)
+	if v.cluster != nil {
+		v.commit.SetEncoder(v.encodePuts)
+	}
 	v.gate.Attach(v.commit)
 	v.gate.CheckDisk()
 	v.wg.Add(1)
@@ -489,7 +560,25 @@ func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
 		return nil, fmt.Errorf("branch %q is already mounted at %s", name, m.place())
 	}
 	f := &BranchFS{vol: v, branch: b.ID, name: name, lineage: tree.Lineage(b.ID, math.MaxUint64)}
+	if v.cluster != nil {
+		// After the acquire this node has applied everything the previous
+		// holder committed: the load below sees it all.
+		if err := v.acquireLease(f); err != nil {
+			return nil, err
+		}
+		for {
+			cur, hi := v.nextIno.Load(), v.fsm.InoHighWater()
+			if cur >= hi || v.nextIno.CompareAndSwap(cur, hi) {
+				break
+			}
+		}
+		if cur, ok := v.fsm.TreeClone().ByName(name); !ok || cur.ID != b.ID {
+			v.releaseLease(f)
+			return nil, fmt.Errorf("branch %q changed while its lease was taken; mount again", name)
+		}
+	}
 	if err := f.load(ctx); err != nil {
+		v.releaseLease(f)
 		return nil, fmt.Errorf("load branch %q: %w", name, err)
 	}
 	v.mu.Lock()
@@ -551,12 +640,14 @@ func (v *Volume) mountsReading(id uint32) []*BranchFS {
 	return out
 }
 
-// Unmount waits for the branch's changes to commit and releases it.
+// Unmount waits for the branch's changes to commit and releases it (and
+// its writer lease on a cluster node).
 func (v *Volume) Unmount(f *BranchFS) error {
 	var err error
-	if !f.readOnly {
+	if !f.readOnly && !f.fenced.Load() {
 		err = v.commit.Wait(v.commit.Current())
 	}
+	v.releaseLease(f)
 	v.mu.Lock()
 	v.mounts = slices.DeleteFunc(v.mounts, func(m *BranchFS) bool { return m == f })
 	v.mu.Unlock()
@@ -586,7 +677,7 @@ func (v *Volume) Close() error {
 	v.gate.Close()
 	close(v.stop)
 	v.wg.Wait()
-	if cerr == nil && !v.opts.NoFlush {
+	if cerr == nil && !v.opts.NoFlush && v.isLeader() && (v.cluster == nil || v.gen != 0) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		if err := v.Flush(ctx); err != nil {
 			// Nothing is lost: the memtable is still in the log, replayed on open.

@@ -111,6 +111,9 @@ func (l *Log) Stats() (last, applied uint64) {
 }
 
 // Close ends this open; the store can be opened again.
+// IsLeader: an in-memory log has no peers.
+func (l *Log) IsLeader() bool { return true }
+
 func (l *Log) Close() error {
 	l.s.mu.Lock()
 	defer l.s.mu.Unlock()

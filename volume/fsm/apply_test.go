@@ -43,6 +43,8 @@ func TestApplyData(t *testing.T) {
 					return fmt.Sprintf("lsn %d: branch %d", lsn, r)
 				case Frozen:
 					return fmt.Sprintf("lsn %d: frozen at %d", lsn, r.LSN)
+				case Lease:
+					return fmt.Sprintf("lsn %d: lease node=%s token=%d expires=%ds", lsn, r.Node, r.Token, r.Expires/1e9)
 				case *HaltError:
 					return fmt.Sprintf("lsn %d: halted: %v", lsn, r)
 				case error:
@@ -53,22 +55,80 @@ func TestApplyData(t *testing.T) {
 			datadriven.RunFile(t, path, func(t *testing.T, c datadriven.Case) string {
 				now := int64(lsn+1) * 1e9
 				switch c.Cmd {
-				case "puts":
+				case "puts", "fenced":
+					// fenced NODE BRANCH:TOKEN,... puts...
+					var fence *Fence
+					args := c.Args
+					if c.Cmd == "fenced" {
+						fence = &Fence{Node: args[0], Tokens: map[uint32]uint64{}}
+						for _, bt := range strings.Split(args[1], ",") {
+							bs, ts, _ := strings.Cut(bt, ":")
+							br, _ := strconv.ParseUint(bs, 10, 32)
+							tok, _ := strconv.ParseUint(ts, 10, 64)
+							fence.Tokens[uint32(br)] = tok
+						}
+						args = args[2:]
+					}
 					puts := map[blockstore.Key]blockstore.Value{}
-					for _, a := range c.Args {
+					for _, a := range args {
+						if strings.Contains(a, "=") && !strings.Contains(a, "/") {
+							continue // key=value options
+						}
 						k, v, err := parsePut(a)
 						if err != nil {
 							t.Fatalf("%s: %v", c.Pos, err)
 						}
 						puts[k] = v
 					}
-					b, err := EncodePuts(now, puts, 0)
+					var b []byte
+					var err error
+					if fence != nil {
+						b, err = EncodeFencedPuts(now, *fence, puts, 0)
+					} else {
+						b, err = EncodePuts(now, puts, 0)
+					}
 					if err != nil {
 						return "encode: " + err.Error()
 					}
 					return apply(b)
 				case "freeze":
 					return apply(EncodeFreeze(now))
+				case "lease":
+					// lease OP BRANCH NODE [ttl=SECONDS] [token=T] [time=SECONDS]
+					br, _ := strconv.ParseUint(c.Args[1], 10, 32)
+					op := LeaseOp{Op: c.Args[0], Branch: uint32(br), Node: c.Args[2]}
+					if v, ok := c.Arg("ttl"); ok {
+						s, _ := strconv.ParseInt(v, 10, 64)
+						op.TTL = s * 1e9
+					}
+					if v, ok := c.Arg("token"); ok {
+						op.Token, _ = strconv.ParseUint(v, 10, 64)
+					}
+					if v, ok := c.Arg("time"); ok {
+						s, _ := strconv.ParseInt(v, 10, 64)
+						now = s * 1e9
+					}
+					b, err := EncodeLease(now, op)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return apply(b)
+				case "leases":
+					var out strings.Builder
+					ls := f.Leases()
+					ids := make([]uint32, 0, len(ls))
+					for id := range ls {
+						ids = append(ids, id)
+					}
+					slices.Sort(ids)
+					for _, id := range ids {
+						l := ls[id]
+						fmt.Fprintf(&out, "branch %d: node=%s token=%d expires=%ds\n", id, l.Node, l.Token, l.Expires/1e9)
+					}
+					if len(ids) == 0 {
+						return "none"
+					}
+					return out.String()
 				case "branch":
 					op := BranchOp{Op: c.Args[0], Name: c.Args[1]}
 					if v, ok := c.Arg("parent"); ok {

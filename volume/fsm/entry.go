@@ -16,9 +16,9 @@ import (
 const entryFormat = 1
 
 // EntryVersion is the entry vocabulary this binary writes and reads
-// (recorded in formats.json): 1 has types 1-5, 2 adds entryPutsS2. A new
-// entry type raises it.
-const EntryVersion = 2
+// (recorded in formats.json): 1 has types 1-5, 2 adds entryPutsS2, 3 adds
+// writer leases (entryLease, entryFencedPuts). A new entry type raises it.
+const EntryVersion = 3
 
 type entryType uint8
 
@@ -35,6 +35,11 @@ const (
 	// compresses 15x), and with it what every commit writes and what
 	// segments cost to zero-fill and truncate.
 	entryPutsS2 entryType = 6
+	// entryLease takes, renews or releases a branch's writer lease (LeaseOp).
+	entryLease entryType = 7
+	// entryFencedPuts is a puts entry (plain or compressed, whole, header
+	// included) after a Fence: the writer's node and lease tokens.
+	entryFencedPuts entryType = 8
 )
 
 // compressMin is the smallest puts body worth compressing.
@@ -90,6 +95,8 @@ type record struct {
 	Layer  blockstore.LayerMeta
 	Merge  MergeOp
 	Branch BranchOp
+	Lease  LeaseOp
+	Fence  *Fence // set on fenced puts
 }
 
 var errBadEntry = errors.New("malformed log entry")
@@ -211,6 +218,27 @@ func decodeRecord(b []byte) (record, error) {
 		var err error
 		r.Puts, err = decodePuts(b)
 		return r, err
+	case entryFencedPuts:
+		fence, inner, err := decodeFence(b)
+		if err != nil {
+			return r, err
+		}
+		if len(inner) > 1 && entryType(inner[1]) == entryFencedPuts {
+			return r, fmt.Errorf("%w: fenced entry inside a fenced entry", errBadEntry)
+		}
+		in, err := decodeRecord(inner)
+		if err != nil {
+			return r, err
+		}
+		if in.Type != entryPuts {
+			return r, fmt.Errorf("%w: fenced entry holds type %d, not puts", errBadEntry, in.Type)
+		}
+		in.Time, in.Fence = r.Time, &fence
+		return in, nil
+	case entryLease:
+		if err := json.Unmarshal(b, &r.Lease); err != nil {
+			return r, fmt.Errorf("%w: lease: %v", errBadEntry, err)
+		}
 	case entryFreeze:
 	case entryLayer:
 		if err := json.Unmarshal(b, &r.Layer); err != nil {

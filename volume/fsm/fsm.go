@@ -10,6 +10,7 @@ package fsm
 import (
 	"bufio"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +35,7 @@ type FSM struct {
 	tree     *snapshot.Tree
 	timeline *snapshot.Timeline
 	maxIno   uint64
+	leases   map[uint32]Lease // branch ID -> its writer lease (lease.go)
 	applied  atomic.Uint64 // the last log entry applied, of any type
 	// halted is set by the first entry that cannot be applied; from then on
 	// nothing is (see Apply).
@@ -69,7 +71,7 @@ func (f *FSM) halt(lsn uint64, err error) *HaltError {
 // inode numbers up to inoMark taken.
 func New(store *blockstore.Store, created time.Time, inoMark uint64) *FSM {
 	return &FSM{store: store, tree: snapshot.NewTree(created.UTC()), maxIno: inoMark,
-		timeline: &snapshot.Timeline{}}
+		timeline: &snapshot.Timeline{}, leases: map[uint32]Lease{}}
 }
 
 // Halted returns why the FSM stopped applying, or nil.
@@ -110,6 +112,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Unlock()
 	switch rec.Type {
 	case entryPuts:
+		if err := f.checkFence(rec.Fence, rec.Puts); err != nil {
+			return err
+		}
 		var hi uint64
 		for _, e := range rec.Puts {
 			if e.Key.Kind == blockstore.KindInode {
@@ -133,6 +138,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.store.AddLayer(rec.Layer)
 	case entryBranch:
 		return f.applyBranch(l.Index, rec.Time, rec.Branch)
+	case entryLease:
+		return f.applyLease(l.Index, rec.Time, rec.Lease)
 	case entryMerge:
 		if err := f.store.ReplaceLayers(rec.Merge.Remove, rec.Merge.Add); err != nil {
 			slog.Error("apply merge", "lsn", l.Index, "err", err)
@@ -166,6 +173,7 @@ func (f *FSM) applyBranch(lsn uint64, t int64, op BranchOp) any {
 			return err
 		}
 		delete(tree.Branches, b.ID)
+		delete(f.leases, b.ID)
 		return b.ID
 	case OpReplace:
 		old, ok := tree.ByName(op.Name)
@@ -201,6 +209,7 @@ func (f *FSM) applyBranch(lsn uint64, t int64, op BranchOp) any {
 		}
 		if op.OldName == "" && !op.ParentIsOld {
 			delete(tree.Branches, old.ID)
+			delete(f.leases, old.ID)
 		}
 		return id
 	}
@@ -299,9 +308,10 @@ type fsmSnapshot struct {
 // version. Version 0 had no magic: it began with the inode mark (a
 // uvarint), which can never read as "NEONFSM" followed by a digit, since
 // the tree length after the mark is followed by the JSON tree's '{'.
+// Version 2 adds the lease table after the timeline.
 const (
-	snapshotMagic   = "NEONFSM1"
-	SnapshotVersion = 1
+	snapshotMagic   = "NEONFSM2"
+	SnapshotVersion = 2
 )
 
 // Header encodes what a snapshot holds besides the store: the inode
@@ -319,7 +329,10 @@ func (f *FSM) Header() (hdr, tree []byte, err error) {
 	hdr = append(hdr, tree...)
 	tl := f.timeline.AppendBinary(nil)
 	hdr = binary.AppendUvarint(hdr, uint64(len(tl)))
-	return append(hdr, tl...), tree, nil
+	hdr = append(hdr, tl...)
+	ls := marshalLeases(f.leases)
+	hdr = binary.AppendUvarint(hdr, uint64(len(ls)))
+	return append(hdr, ls...), tree, nil
 }
 
 // Snapshot runs on the FSM goroutine, with no Apply in flight: capture
@@ -364,7 +377,8 @@ func (s *fsmSnapshot) Release() {}
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 1<<20)
-	if err := readSnapshotMagic(br); err != nil {
+	version, err := readSnapshotMagic(br)
+	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	maxIno, err := binary.ReadUvarint(br)
@@ -395,27 +409,43 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
+	leases := map[uint32]Lease{}
+	if version >= 2 {
+		n, err = binary.ReadUvarint(br)
+		if err != nil || n > 64<<20 {
+			return fmt.Errorf("restore snapshot: lease table length: %v", err)
+		}
+		lb := make([]byte, n)
+		if _, err := io.ReadFull(br, lb); err != nil {
+			return fmt.Errorf("restore snapshot: lease table: %w", err)
+		}
+		if err := json.Unmarshal(lb, &leases); err != nil {
+			return fmt.Errorf("restore snapshot: lease table: %w", err)
+		}
+	}
 	if err := f.store.ReadSnapshot(br); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.mu.Lock()
-	f.tree, f.maxIno, f.timeline = tree, maxIno, timeline
+	f.tree, f.maxIno, f.timeline, f.leases = tree, maxIno, timeline, leases
 	f.applied.Store(max(f.applied.Load(), f.store.Applied()))
 	f.mu.Unlock()
 	return nil
 }
 
-// readSnapshotMagic consumes the header's magic, refusing a version this
-// binary does not know; a version 0 header (no magic) is left unread.
-func readSnapshotMagic(br *bufio.Reader) error {
+// readSnapshotMagic consumes the header's magic and returns its version,
+// refusing a version this binary does not know; a version 0 header (no
+// magic) is left unread.
+func readSnapshotMagic(br *bufio.Reader) (int, error) {
 	prefix := snapshotMagic[:len(snapshotMagic)-1]
 	b, err := br.Peek(len(snapshotMagic))
 	if err != nil || string(b[:len(prefix)]) != prefix {
-		return nil // version 0, or too short for anything: the fields below fail
+		return 0, nil // version 0, or too short for anything: the fields below fail
 	}
-	if v := b[len(prefix)]; v < '1' || v > '0'+SnapshotVersion {
-		return fmt.Errorf("FSM snapshot format %c is unknown to this binary (written by a newer neonfs?)", v)
+	v := b[len(prefix)]
+	if v < '1' || v > '0'+SnapshotVersion {
+		return 0, fmt.Errorf("FSM snapshot format %c is unknown to this binary (written by a newer neonfs?)", v)
 	}
 	_, err = br.Discard(len(snapshotMagic))
-	return err
+	return int(v - '0'), err
 }

@@ -21,8 +21,10 @@ func TestVersionZeroSnapshotRestores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Version 0: no magic and no lease table (an empty one is "{}" and its
+	// one-byte length).
 	var buf bytes.Buffer
-	if err := WriteSnapshot(&buf, hdr[len(snapshotMagic):], store.Capture()); err != nil {
+	if err := WriteSnapshot(&buf, hdr[len(snapshotMagic):len(hdr)-3], store.Capture()); err != nil {
 		t.Fatal(err)
 	}
 	g := New(blockstore.NewStore(objstore.NewMemStore(), 1<<20), time.Now(), 1)
@@ -40,5 +42,44 @@ func TestNewerSnapshotRefused(t *testing.T) {
 	err := f.Restore(io.NopCloser(bytes.NewReader([]byte("NEONFSM7 rest"))))
 	if err == nil || !strings.Contains(err.Error(), "FSM snapshot format 7 is unknown") {
 		t.Errorf("restore of a format 7 snapshot: %v", err)
+	}
+}
+
+// Version 1 headers (magic, no lease table) restore with no leases; the
+// lease table survives a version 2 round trip.
+func TestSnapshotLeases(t *testing.T) {
+	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
+	f := New(store, time.Now(), 1)
+	want := Lease{Node: "n1", Token: 7, Expires: 99}
+	f.leases[1] = want
+	hdr, _, err := f.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := WriteSnapshot(&buf, hdr, store.Capture()); err != nil {
+		t.Fatal(err)
+	}
+	g := New(blockstore.NewStore(objstore.NewMemStore(), 1<<20), time.Now(), 1)
+	if err := g.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := g.LeaseOf(1); !ok || got != want {
+		t.Errorf("lease after restore: %+v %v, want %+v", got, ok, want)
+	}
+
+	f.leases = map[uint32]Lease{}
+	hdr, _, _ = f.Header()
+	v1 := append([]byte("NEONFSM1"), hdr[len(snapshotMagic):len(hdr)-3]...)
+	buf.Reset()
+	if err := WriteSnapshot(&buf, v1, store.Capture()); err != nil {
+		t.Fatal(err)
+	}
+	g.leases[3] = want
+	if err := g.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatalf("restore a version 1 snapshot: %v", err)
+	}
+	if len(g.Leases()) != 0 {
+		t.Errorf("leases after restoring a version 1 snapshot: %v", g.Leases())
 	}
 }
