@@ -48,6 +48,8 @@ func App() *ucli.App {
 			statusCommand(),
 			branchCommand(),
 			systemdCommand(),
+			joinCommand(),
+			clusterCommand(),
 		},
 		HideHelpCommand: true,
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -28,7 +29,8 @@ func initCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "data", Usage: "volume data directory to create", Required: true, EnvVars: []string{"NEONFS_DATA"}},
 			&ucli.StringFlag{Name: "s3", Usage: "keep objects in S3 at s3://bucket/prefix instead of DATA/objects"},
 			&ucli.DurationFlag{Name: "retention", Value: volume.DefaultRetention, Usage: "how far back branches and time-travel mounts may reach; GC keeps that much history"},
-		}, s3Flags()...),
+			&ucli.StringFlag{Name: "objects", Usage: "object directory (default DATA/objects); a cluster's must be one every node reaches"},
+		}, append(s3Flags(), nodeFlags()...)...),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
@@ -42,8 +44,16 @@ func initCommand() *ucli.Command {
 			if o.Retention = c.Duration("retention"); o.Retention <= 0 {
 				return fmt.Errorf("--retention must be positive, got %s", o.Retention)
 			}
+			o.Objects = c.String("objects")
+			if o.Cluster, err = clusterConfig(c, false); err != nil {
+				return err
+			}
 			if err := volume.InitWith(c.Context, dir, o); err != nil {
 				return fmt.Errorf("init %s: %w", dir, err)
+			}
+			if o.Cluster != nil {
+				fmt.Printf("created volume %s with branch main, the first node (%s) of a cluster at %s\n", dir, o.Cluster.NodeID, o.Cluster.Bind)
+				return nil
 			}
 			fmt.Printf("created volume %s with branch main\n", dir)
 			return nil
@@ -141,6 +151,7 @@ func volumeFlags() []ucli.Flag {
 		&ucli.IntFlag{Name: "reserve-mb", Value: 256, Usage: "free disk in MiB kept under the data dir; writes past it get ENOSPC"},
 		&ucli.IntFlag{Name: "layer-cache-mb", Value: 4096, Usage: "on-disk cache of object-store layer chunks in MiB, under DATA/cache (S3 volumes)"},
 		&ucli.IntFlag{Name: "max-unflushed-mb", Value: 2048, Usage: "data in MiB the log may hold beyond the object store (while it is slow or away) before writes wait"},
+		&ucli.DurationFlag{Name: "lease-ttl", Value: volume.DefaultLeaseTTL, Usage: "cluster nodes: a branch writer's lease TTL (renewed every TTL/2; a dead writer's branch is taken over after it)"},
 	}
 }
 
@@ -150,7 +161,11 @@ func volumeOptions(c *ucli.Context) (volume.Options, error) {
 			return volume.Options{}, fmt.Errorf("--%s must be positive, got %d", f, c.Int(f))
 		}
 	}
+	if c.Duration("lease-ttl") < 2*volume.ClockMargin+time.Second {
+		return volume.Options{}, fmt.Errorf("--lease-ttl %s is too short: give at least %s", c.Duration("lease-ttl"), 2*volume.ClockMargin+time.Second)
+	}
 	return volume.Options{
+		LeaseTTL:        c.Duration("lease-ttl"),
 		CacheBytes:      c.Int("cache-mb") << 20,
 		FlushBytes:      int64(c.Int("flush-mb")) << 20,
 		ReserveBytes:    int64(c.Int("reserve-mb")) << 20,

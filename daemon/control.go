@@ -99,6 +99,9 @@ func serveControl(d *Daemon) (*http.Server, error) {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	handlers := rpcHandlers(d)
+	for name, h := range clusterHandlers(d) {
+		handlers[name] = h
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /rpc/{call}", func(w http.ResponseWriter, r *http.Request) {
 		h := handlers[r.PathValue("call")]

@@ -68,7 +68,11 @@ type MountReply struct {
 
 // New returns a daemon for the open volume in dir.
 func New(dir string, vol *volume.Volume, debug bool) *Daemon {
-	return &Daemon{dir: dir, vol: vol, debug: debug, mounts: map[string]*served{}, idle: make(chan struct{})}
+	d := &Daemon{dir: dir, vol: vol, debug: debug, mounts: map[string]*served{}, idle: make(chan struct{})}
+	if vol.Cluster() != nil {
+		vol.OnLeaseLost(d.leaseLost)
+	}
+	return d
 }
 
 // CheckMountpoint refuses a mountpoint that is missing, not a directory,

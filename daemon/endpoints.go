@@ -630,6 +630,7 @@ func Serve(ctx context.Context, d *Daemon, ready func()) error {
 		slog.Error("restore endpoints", "err", err)
 	}
 	d.closeUnclaimed()
+	d.startCluster(ctx)
 	ready()
 	notify(notifyReady)
 	<-ctx.Done()

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -180,6 +181,10 @@ func (e *Endpoint) Dial(ctx context.Context) (net.Conn, func(), error) {
 }
 
 // wake mounts the branch and starts Postgres unless it runs.
+// Wake starts the compute now if it is suspended (a stopped endpoint
+// stays stopped): a cluster node taking over a dead writer's branch.
+func (e *Endpoint) Wake(ctx context.Context) error { return e.wake(ctx) }
+
 func (e *Endpoint) wake(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -221,6 +226,13 @@ func (e *Endpoint) start(ctx context.Context) (*pgserve.Server, error) {
 	}
 	cfg := e.cfg.PG
 	cfg.DataDir = filepath.Join(dir, PGDATA)
+	// The branch was just mounted read-write by this endpoint, so no
+	// Postgres runs on it; a postmaster.pid is a dead server's, maybe from
+	// another node (a cluster failover), whose pid may name a live process
+	// here: Postgres would refuse to start.
+	if err := os.Remove(filepath.Join(cfg.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("endpoint: remove a stale postmaster.pid", "branch", e.cfg.Branch, "err", err)
+	}
 	if !pgserve.Initialized(cfg.DataDir) {
 		err = pgserve.Init(ctx, cfg)
 	}

@@ -91,6 +91,7 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
+	closeFuseOnExec()
 	if ra := o.ReadAheadKB; ra >= 0 {
 		if ra == 0 {
 			ra = DefaultReadAheadKB
@@ -101,6 +102,32 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 		}
 	}
 	return srv, nil
+}
+
+// closeFuseOnExec marks every /dev/fuse descriptor of this process
+// close-on-exec. go-fuse opens /dev/fuse without O_CLOEXEC, so Postgres
+// (which the daemon starts) inherited the connection: when the daemon
+// died, its own Postgres kept the dead connection alive and hung in D
+// state on requests no one would answer, instead of failing at once.
+// (A process forked between go-fuse's open and this call still inherits
+// it; mounts are rare and short, so the window is small.)
+func closeFuseOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		slog.Warn("cannot list this process's descriptors to mark /dev/fuse close-on-exec", "err", err)
+		return
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+				slog.Warn("mark /dev/fuse close-on-exec", "fd", fd, "err", err)
+			}
+		}
+	}
 }
 
 // setReadAhead sets the readahead window of the FUSE connection mounted

@@ -242,6 +242,10 @@ func abortFuseConnection(dev string) {
 		return
 	}
 	p := filepath.Join("/sys/fs/fuse/connections", minor, "abort")
+	if _, err := os.Stat(p); err != nil {
+		// fusectl is not always mounted (it was not on these machines).
+		exec.Command("mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections").Run()
+	}
 	if _, err := os.Stat(p); err == nil {
 		_ = os.WriteFile(p, []byte("1"), 0o200)
 	}

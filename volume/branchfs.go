@@ -37,8 +37,9 @@ type BranchFS struct {
 
 	// Cluster nodes: the writer lease a read-write mount holds, and
 	// whether it was lost (then every write and fsync fails).
-	lease  *lease
-	fenced atomic.Bool
+	lease    *lease
+	fenced   atomic.Bool
+	fencedCh chan struct{} // closed when fenced (lease != nil only)
 
 	// mu orders mutations: a change and the Put that logs it happen under
 	// it, so the log order is the order the file system saw.

@@ -227,7 +227,7 @@ func (f *BranchFS) Write(ino uint64, data []byte, off int64) (int, syscall.Errno
 	}
 	if urgent {
 		start := time.Now()
-		err := f.vol.commit.Wait(seq)
+		err := f.waitCommit(seq)
 		f.vol.syncWrites.Observe(time.Since(start).Seconds())
 		if err != nil {
 			slog.Error("write", "branch", f.name, "ino", ino, "err", err)
@@ -339,7 +339,7 @@ func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 	if seq == 0 {
 		return 0
 	}
-	if err := f.vol.commit.Wait(seq); err != nil {
+	if err := f.waitCommit(seq); err != nil {
 		slog.Error("fsync", "branch", f.name, "ino", ino, "err", err)
 		return syscall.EIO
 	}

@@ -87,6 +87,7 @@ func (v *Volume) acquireLease(f *BranchFS) error {
 	if !ok {
 		return fmt.Errorf("take the writer lease of branch %q: unexpected answer %v", f.name, resp)
 	}
+	f.fencedCh = make(chan struct{})
 	f.lease = &lease{token: l.Token, deadline: start.Add(v.opts.LeaseTTL - ClockMargin),
 		stop: make(chan struct{}), stopped: make(chan struct{})}
 	v.held.set(f.branch, l.Token)
@@ -160,8 +161,30 @@ func (v *Volume) fence(f *BranchFS, why error) {
 	}
 	v.held.set(f.branch, 0)
 	slog.Error("writer lease lost: the branch is fenced (writes and fsyncs fail) and must be unmounted", "branch", f.name, "err", why)
-	if v.opts.OnLeaseLost != nil {
-		go v.opts.OnLeaseLost(f.name, why)
+	if fn := v.leaseLost.Load(); fn != nil {
+		go (*fn)(f.name, why)
+	}
+	close(f.fencedCh)
+}
+
+// OnLeaseLost replaces Options.OnLeaseLost (the daemon, made after the
+// volume, serves the mounts that must stop).
+func (v *Volume) OnLeaseLost(fn func(branch string, err error)) { v.leaseLost.Store(&fn) }
+
+// waitCommit waits for batch seq like Committer.Wait, except that a
+// fenced mount stops waiting (EIO): a log without quorum would otherwise
+// hold its fsyncs, and with them its Postgres, until the partition heals.
+func (f *BranchFS) waitCommit(seq uint64) error {
+	if f.lease == nil {
+		return f.vol.commit.Wait(seq)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.vol.commit.Wait(seq) }()
+	select {
+	case err := <-done:
+		return err
+	case <-f.fencedCh:
+		return errors.New("writer lease lost")
 	}
 }
 

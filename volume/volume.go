@@ -200,10 +200,11 @@ type Volume struct {
 	log   Log
 	// cluster is the log's cluster side, nil for a single voter; held is
 	// the writer leases this node holds (lease.go).
-	cluster ClusterLog
-	held    leases
-	commit  *commit.Committer
-	gate    *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
+	cluster   ClusterLog
+	held      leases
+	leaseLost atomic.Pointer[func(branch string, err error)]
+	commit    *commit.Committer
+	gate      *commit.Admission // the write path's one gate: disk space, back-pressure, the memtable bound
 
 	fsyncs     *hist.Histogram // seconds per fsync (FsyncBounds)
 	syncWrites *hist.Histogram // seconds a write to a file fsynced lately waited for its commit
@@ -471,6 +472,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	if cl, ok := v.log.(ClusterLog); ok && cl.Clustered() {
 		v.cluster = cl
 		v.held.tokens = map[uint32]uint64{}
+		if opts.OnLeaseLost != nil {
+			v.OnLeaseLost(opts.OnLeaseLost)
+		}
 	}
 	if h := v.fsm.Halted(); h != nil && !opts.NoFlush {
 		// Inspection (status) may open a stopped volume; a writer may not.

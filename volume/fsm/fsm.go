@@ -36,7 +36,7 @@ type FSM struct {
 	timeline *snapshot.Timeline
 	maxIno   uint64
 	leases   map[uint32]Lease // branch ID -> its writer lease (lease.go)
-	applied  atomic.Uint64 // the last log entry applied, of any type
+	applied  atomic.Uint64    // the last log entry applied, of any type
 	// halted is set by the first entry that cannot be applied; from then on
 	// nothing is (see Apply).
 	halted atomic.Pointer[HaltError]
