@@ -130,6 +130,9 @@ func (p *rpcClient) call(addr string, op byte, body []byte, timeout time.Duratio
 	idx, out, err := c.roundTrip(op, body)
 	if err != nil {
 		c.c.Close()
+		if errors.Is(err, io.EOF) && p.mux.tlsc == nil {
+			return 0, nil, fmt.Errorf("rpc to %s: the peer closed the connection at once (does the cluster use TLS? give --tls-cert, --tls-key and --tls-ca): %w", addr, err)
+		}
 		return 0, nil, fmt.Errorf("rpc to %s: %w", addr, err)
 	}
 	c.c.SetDeadline(time.Time{})

@@ -93,6 +93,14 @@ func (v *Volume) acquireLease(f *BranchFS) error {
 	v.held.set(f.branch, l.Token)
 	slog.Info("took writer lease", "branch", f.name, "node", l.Node, "token", l.Token, "ttl", v.opts.LeaseTTL)
 	go v.keepLease(f, f.lease)
+	if v.opts.LeadWrites && !v.log.IsLeader() {
+		// Not needed for correctness: forwarding works from any node.
+		if err := v.cluster.Transfer(v.cluster.ID()); err != nil {
+			slog.Warn("move leadership to the writer", "branch", f.name, "err", err)
+		} else {
+			slog.Info("moved leadership to the writer", "branch", f.name)
+		}
+	}
 	return nil
 }
 

@@ -115,6 +115,9 @@ type Options struct {
 	OpenLog OpenLog
 	// LeaseTTL is a cluster writer lease's time to live (DefaultLeaseTTL).
 	LeaseTTL time.Duration
+	// LeadWrites moves Raft leadership to a node when it takes a writer
+	// lease, so its commits are proposed locally instead of forwarded.
+	LeadWrites bool
 	// OnLeaseLost is called (on its own goroutine) when a read-write mount
 	// on a cluster node lost its writer lease: the mount is fenced and
 	// whoever serves it should stop its users and unmount it.
