@@ -35,8 +35,12 @@ const (
 const maxRPCBody = 512 << 20
 
 // rpcTimeout bounds one forwarded request, proposal included: past it the
-// caller retries (an fsync blocks meanwhile; nothing is acknowledged).
-var rpcTimeout = 30 * time.Second
+// caller retries (an fsync blocks meanwhile; nothing is acknowledged). A
+// leader that vanished (a partition: no reset, no refusal) is replaced in
+// about a second, so waiting much longer on it only stalls commits; a
+// proposal that did commit after its forward timed out is proposed again,
+// which puts tolerate (the same values again, from the same writer).
+var rpcTimeout = 5 * time.Second
 
 func writeFrame(w *bufio.Writer, head []byte, body []byte) error {
 	var n [4]byte

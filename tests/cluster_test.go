@@ -29,6 +29,7 @@ type clusterNode struct {
 	runDir string
 	log    string
 	pgPort int
+	pgHost string // where its endpoint listens; "" is 127.0.0.1
 	serve  *serveDaemon
 	wrap   func(*exec.Cmd) *exec.Cmd // runs serve elsewhere (a network namespace); nil: here
 }
@@ -158,8 +159,15 @@ func (c *testCluster) waitHealthy(t *testing.T, n *clusterNode, want int) {
 	})
 }
 
+func (n *clusterNode) host() string {
+	if n.pgHost == "" {
+		return "127.0.0.1"
+	}
+	return n.pgHost
+}
+
 func (n *clusterNode) url() string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=10", n.pgPort)
+	return fmt.Sprintf("postgres://postgres@%s:%d/postgres?sslmode=disable&connect_timeout=10", n.host(), n.pgPort)
 }
 
 // ledger inserts ids one per transaction through whichever node's endpoint
@@ -167,6 +175,7 @@ func (n *clusterNode) url() string {
 type ledger struct {
 	mu       sync.Mutex
 	acked    []int64
+	at       []time.Time // when acked[i]'s COMMIT returned
 	inDoubt  []int64
 	next     int64
 	firstOK  time.Time // the first commit after since
@@ -209,6 +218,7 @@ func (l *ledger) run(ctx context.Context, nodes []*clusterNode) {
 			continue
 		}
 		l.acked = append(l.acked, id)
+		l.at = append(l.at, time.Now())
 		if !l.since.IsZero() && l.firstOK.IsZero() {
 			l.firstOK = time.Now()
 		}
@@ -263,7 +273,7 @@ func (c *testCluster) writer(t *testing.T, n *clusterNode) *clusterNode {
 
 func (c *testCluster) createEndpoints(t *testing.T) {
 	for _, n := range c.nodes {
-		n.cli.ok(t, "endpoint", "create", "main", "--port", strconv.Itoa(n.pgPort), "--auth", "trust",
+		n.cli.ok(t, "endpoint", "create", "main", "--port", strconv.Itoa(n.pgPort), "--listen", n.host(), "--auth", "trust",
 			"--suspend-after", "0", "--pg-conf", "shared_buffers=32MB")
 	}
 }
@@ -394,7 +404,7 @@ func verifyClusterLedger(t *testing.T, n *clusterNode, l *ledger) {
 func amcheck(t *testing.T, n *clusterNode) {
 	t.Helper()
 	cmd := exec.Command("/usr/lib/postgresql/15/bin/pg_amcheck", "--all", "--heapallindexed", "--install-missing",
-		"-h", "127.0.0.1", "-p", strconv.Itoa(n.pgPort), "-U", "postgres")
+		"-h", n.host(), "-p", strconv.Itoa(n.pgPort), "-U", "postgres")
 	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
 	out, err := cmd.CombinedOutput()
 	var report []string

@@ -56,8 +56,8 @@ func (l *leases) snapshot() map[uint32]uint64 {
 
 // encodePuts is the committer's encoder on a cluster node: every batch is
 // fenced with the leases this node holds.
-func (v *Volume) encodePuts(now int64, puts map[blockstore.Key]blockstore.Value, hint int) ([]byte, error) {
-	return fsm.EncodeFencedPuts(now, fsm.Fence{Node: v.cluster.ID(), Tokens: v.held.snapshot()}, puts, hint)
+func (v *Volume) encodePuts(now int64, seq uint64, puts map[blockstore.Key]blockstore.Value, hint int) ([]byte, error) {
+	return fsm.EncodeFencedPuts(now, fsm.Fence{Node: v.cluster.ID(), Seq: seq, Tokens: v.held.snapshot()}, puts, hint)
 }
 
 // lease is a mount's hold on its branch.
@@ -76,7 +76,7 @@ func (v *Volume) acquireLease(f *BranchFS) error {
 	if err != nil {
 		return err
 	}
-	resp, err := v.proposeUntil(b, start.Add(v.opts.LeaseTTL))
+	resp, err := v.proposeUntil(b, start.Add(v.opts.LeaseTTL), false)
 	if err != nil {
 		return fmt.Errorf("take the writer lease of branch %q: %w", f.name, err)
 	}
@@ -105,33 +105,57 @@ func (v *Volume) acquireLease(f *BranchFS) error {
 }
 
 // proposeUntil proposes data, retrying transient failures (no leader, a
-// forward that failed) until deadline.
-func (v *Volume) proposeUntil(data []byte, deadline time.Time) (any, error) {
-	backoff := 20 * time.Millisecond
+// forward that failed) until deadline. With overlap, an attempt that has
+// not answered within a second is left running and another one starts:
+// a forward to a leader that vanished can hang until its RPC timeout,
+// while a new leader is elected in about a second. Only an op that may
+// commit twice (a renewal: same token, later expiry) may overlap.
+func (v *Volume) proposeUntil(data []byte, deadline time.Time, overlap bool) (any, error) {
+	type result struct {
+		resp any
+		err  error
+	}
+	results := make(chan result, 64)
+	attempt := func() {
+		_, resp, err := v.log.Apply(data)
+		results <- result{resp, err}
+	}
+	go attempt()
+	pending, backoff := 1, 20*time.Millisecond
+	var lastErr error
 	for {
-		type result struct {
-			resp any
-			err  error
+		wait := time.Until(deadline)
+		if overlap {
+			wait = min(wait, time.Second)
 		}
-		ch := make(chan result, 1)
-		go func() {
-			_, resp, err := v.log.Apply(data)
-			ch <- result{resp, err}
-		}()
-		var r result
 		select {
-		case r = <-ch:
-		case <-time.After(time.Until(deadline)):
-			return nil, fmt.Errorf("no commit within the lease TTL (no quorum?)")
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				return r.resp, nil
+			}
+			lastErr = r.err
+			if time.Now().Add(backoff).After(deadline) {
+				return nil, lastErr
+			}
+			if pending == 0 {
+				time.Sleep(backoff)
+				backoff = min(2*backoff, 200*time.Millisecond)
+				pending++
+				go attempt()
+			}
+		case <-time.After(wait):
+			if !time.Now().Before(deadline) {
+				if lastErr == nil {
+					lastErr = errors.New("no commit in time (no quorum?)")
+				}
+				return nil, lastErr
+			}
+			if pending < cap(results) {
+				pending++
+				go attempt()
+			}
 		}
-		if r.err == nil {
-			return r.resp, nil
-		}
-		if time.Now().Add(backoff).After(deadline) {
-			return nil, r.err
-		}
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 200*time.Millisecond)
 	}
 }
 
@@ -148,7 +172,7 @@ func (v *Volume) keepLease(f *BranchFS, l *lease) {
 		}
 		start := time.Now()
 		b, _ := fsm.EncodeLease(now(), fsm.LeaseOp{Op: fsm.LeaseRenew, Branch: f.branch, Node: v.cluster.ID(), TTL: int64(ttl), Token: l.token})
-		resp, err := v.proposeUntil(b, l.deadline)
+		resp, err := v.proposeUntil(b, l.deadline, true)
 		if err == nil {
 			if e, ok := resp.(error); ok {
 				err = e
@@ -210,7 +234,7 @@ func (v *Volume) releaseLease(f *BranchFS) {
 		return
 	}
 	b, _ := fsm.EncodeLease(now(), fsm.LeaseOp{Op: fsm.LeaseRelease, Branch: f.branch, Node: v.cluster.ID(), Token: l.token})
-	if _, err := v.proposeUntil(b, time.Now().Add(v.opts.LeaseTTL)); err != nil {
+	if _, err := v.proposeUntil(b, time.Now().Add(v.opts.LeaseTTL), true); err != nil {
 		slog.Warn("release writer lease; it expires by itself", "branch", f.name, "err", err)
 		return
 	}

@@ -34,7 +34,7 @@ import (
 // commit nobody asked for is in flight has to wait for it first.
 type Committer struct {
 	propose  func(data []byte) error
-	encode   func(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error)
+	encode   Encoder
 	maxBatch int // bytes per entry
 	linger   time.Duration
 	timer    *time.Timer // wakes the proposer when a lazy batch has lingered
@@ -111,7 +111,9 @@ func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration
 	if onChange == nil {
 		onChange = func() {}
 	}
-	c := &Committer{propose: propose, encode: fsm.EncodePuts, maxBatch: maxBatch, linger: linger, onChange: onChange,
+	c := &Committer{propose: propose, encode: func(now int64, _ uint64, puts map[blockstore.Key]blockstore.Value, hint int) ([]byte, error) {
+		return fsm.EncodePuts(now, puts, hint)
+	}, maxBatch: maxBatch, linger: linger, onChange: onChange,
 		open: newBatch(1), stopped: make(chan struct{}),
 		batchPuts: hist.New(BatchPutsBounds...), batchBytes: hist.New(BatchBytesBounds...)}
 	c.changed = sync.NewCond(&c.mu)
@@ -126,16 +128,20 @@ func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration
 	return c
 }
 
+// Encoder turns batch seq into a log entry. Sequence numbers grow by one
+// per batch, in proposal order.
+type Encoder func(now int64, seq uint64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error)
+
 // SetEncoder replaces how batches become log entries (fsm.EncodePuts): a
 // cluster node fences every batch with its writer leases. Call it before
 // the first Put.
-func (c *Committer) SetEncoder(enc func(now int64, puts map[blockstore.Key]blockstore.Value, sizeHint int) ([]byte, error)) {
+func (c *Committer) SetEncoder(enc Encoder) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.encode = enc
 }
 
-func (c *Committer) encoder() func(int64, map[blockstore.Key]blockstore.Value, int) ([]byte, error) {
+func (c *Committer) encoder() Encoder {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.encode
@@ -353,7 +359,7 @@ func (c *Committer) run() {
 
 		// put checked every entry, so encoding cannot fail; if it did,
 		// nothing reaches the log and the committer stops.
-		data, err := c.encoder()(time.Now().UnixNano(), b.puts, b.bytes)
+		data, err := c.encoder()(time.Now().UnixNano(), b.seq, b.puts, b.bytes)
 		start := time.Now()
 		if err == nil {
 			err = c.proposeRetrying(data)

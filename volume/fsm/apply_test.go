@@ -60,7 +60,11 @@ func TestApplyData(t *testing.T) {
 					var fence *Fence
 					args := c.Args
 					if c.Cmd == "fenced" {
-						fence = &Fence{Node: args[0], Tokens: map[uint32]uint64{}}
+						// The batch sequence is the entry's LSN unless seq= says.
+						fence = &Fence{Node: args[0], Seq: lsn + 1, Tokens: map[uint32]uint64{}}
+						if v, ok := c.Arg("seq"); ok {
+							fence.Seq, _ = strconv.ParseUint(v, 10, 64)
+						}
 						for _, bt := range strings.Split(args[1], ",") {
 							bs, ts, _ := strings.Cut(bt, ":")
 							br, _ := strconv.ParseUint(bs, 10, 32)

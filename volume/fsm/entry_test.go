@@ -118,6 +118,11 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(EncodeFreeze(5))
 	j, _ := encodeJSON(entryLayer, 6, blockstore.LayerMeta{Name: "layers/x", MinLSN: 1, MaxLSN: 2})
 	f.Add(j)
+	fenced, _ := EncodeFencedPuts(7, Fence{Node: "n1", Seq: 9, Tokens: map[uint32]uint64{1: 3, 2: 8}},
+		map[blockstore.Key]blockstore.Value{blockstore.BlockKey(1, 2, 3): {Kind: blockstore.ValData, Data: sparse}}, 0)
+	f.Add(fenced)
+	lease, _ := EncodeLease(8, LeaseOp{Op: LeaseRenew, Branch: 1, Node: "n2", TTL: 4e9, Token: 3})
+	f.Add(lease)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := decodeRecord(data)

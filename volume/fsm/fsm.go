@@ -112,8 +112,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Unlock()
 	switch rec.Type {
 	case entryPuts:
-		if err := f.checkFence(rec.Fence, rec.Puts); err != nil {
+		if dup, err := f.checkFence(rec.Fence, rec.Puts); err != nil {
 			return err
+		} else if dup {
+			slog.Warn("skipped a copy of a batch already applied", "lsn", l.Index, "node", rec.Fence.Node, "seq", rec.Fence.Seq)
+			return nil
 		}
 		var hi uint64
 		for _, e := range rec.Puts {

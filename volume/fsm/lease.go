@@ -34,6 +34,9 @@ type Lease struct {
 	Node    string `json:"node"`
 	Token   uint64 `json:"token"`   // the LSN of the acquire: the fencing token
 	Expires int64  `json:"expires"` // unix ns: the renewing entry's time + TTL
+	// Seq is the last fenced puts batch applied under this lease (see
+	// Fence.Seq).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // ExpiresAt is Expires as a time.
@@ -69,10 +72,16 @@ func (e *LeaseHeldError) Error() string {
 // the branch's current one (expired, released, or taken by another node).
 var ErrLeaseLost = errors.New("writer lease lost")
 
-// Fence is what a fenced puts entry carries: the proposing node and the
-// lease token it holds for each branch it writes.
+// Fence is what a fenced puts entry carries: the proposing node, the
+// lease token it holds for each branch it writes, and the batch's sequence
+// number, which grows with every batch the node proposes. A batch whose
+// sequence is not above the last one applied under a branch's lease is a
+// copy of one already applied (a forward that timed out and was proposed
+// again, whose first copy committed after all, maybe after a later batch)
+// and is skipped: applying it would put old values over newer ones.
 type Fence struct {
 	Node   string
+	Seq    uint64
 	Tokens map[uint32]uint64
 }
 
@@ -88,6 +97,7 @@ func EncodeFencedPuts(now int64, fence Fence, puts map[blockstore.Key]blockstore
 	b := appendHeader(make([]byte, 0, len(inner)+len(fence.Node)+16*len(fence.Tokens)+24), entryFencedPuts, now)
 	b = binary.AppendUvarint(b, uint64(len(fence.Node)))
 	b = append(b, fence.Node...)
+	b = binary.AppendUvarint(b, fence.Seq)
 	ids := make([]uint32, 0, len(fence.Tokens))
 	for id := range fence.Tokens {
 		ids = append(ids, id)
@@ -110,6 +120,11 @@ func decodeFence(b []byte) (Fence, []byte, error) {
 		return f, nil, fmt.Errorf("%w: fence node", errBadEntry)
 	}
 	f.Node, b = string(b[k:k+int(n)]), b[k+int(n):]
+	seq, k := binary.Uvarint(b)
+	if k <= 0 {
+		return f, nil, fmt.Errorf("%w: fence sequence", errBadEntry)
+	}
+	f.Seq, b = seq, b[k:]
 	count, k := binary.Uvarint(b)
 	if k <= 0 || count > uint64(len(b)) {
 		return f, nil, fmt.Errorf("%w: fence count", errBadEntry)
@@ -172,29 +187,42 @@ func (f *FSM) applyLease(lsn uint64, t int64, op LeaseOp) any {
 
 // checkFence refuses puts to a branch with a lease unless the entry is
 // fenced by that lease's holder and token. Unfenced puts (fence nil) pass
-// only for branches that never had a lease: a volume of one node.
-func (f *FSM) checkFence(fence *Fence, puts []blockstore.Entry) error {
+// only for branches that never had a lease: a volume of one node. It
+// reports dup for a batch already applied (Fence.Seq), which changes
+// nothing; otherwise the batch's sequence is recorded on its branches'
+// leases. The caller applies the puts only when both are nil/false.
+func (f *FSM) checkFence(fence *Fence, puts []blockstore.Entry) (dup bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.leases) == 0 && fence == nil {
-		return nil
+		return false, nil
 	}
-	last, lastOK := uint32(0), false
+	seen := map[uint32]bool{}
 	for _, e := range puts {
 		b := e.Key.Branch
-		if lastOK && b == last {
+		if seen[b] {
 			continue
 		}
+		seen[b] = true
 		l, held := f.leases[b]
 		switch {
 		case fence == nil && held:
-			return fmt.Errorf("unfenced write to branch %d, which node %s holds: %w", b, l.Node, ErrLeaseLost)
+			return false, fmt.Errorf("unfenced write to branch %d, which node %s holds: %w", b, l.Node, ErrLeaseLost)
 		case fence != nil && (!held || l.Node != fence.Node || l.Token != fence.Tokens[b]):
-			return fmt.Errorf("write to branch %d by node %s with lease %d: %w", b, fence.Node, fence.Tokens[b], ErrLeaseLost)
+			return false, fmt.Errorf("write to branch %d by node %s with lease %d: %w", b, fence.Node, fence.Tokens[b], ErrLeaseLost)
+		case fence != nil && fence.Seq <= l.Seq:
+			dup = true
 		}
-		last, lastOK = b, true
 	}
-	return nil
+	if fence == nil || dup {
+		return dup, nil
+	}
+	for b := range seen {
+		l := f.leases[b]
+		l.Seq = fence.Seq
+		f.leases[b] = l
+	}
+	return false, nil
 }
 
 // Leases returns a copy of the lease table.
