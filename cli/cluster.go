@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -145,19 +146,24 @@ func clusterVerb(name, args, usage, call string, nargs int) *ucli.Command {
 }
 
 func printClusterStatus(st daemon.ClusterStatus) {
-	fmt.Printf("node %s; leader %s\n\n", st.Node, orDash(st.Leader))
+	fmt.Printf("node %s; leader %s; formats in use: entries %d, layers %d, snapshots %d, manifests %d\n\n", st.Node, orDash(st.Leader),
+		st.Formats.Entries, st.Formats.Layers, st.Formats.Snapshots, st.Formats.Manifests)
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tADDRESS\tROLE\tSTATE\tTERM\tAPPLIED\tLAG")
+	fmt.Fprintln(w, "NODE\tADDRESS\tROLE\tSTATE\tTERM\tAPPLIED\tLAG\tENTRY FORMAT")
 	for _, m := range st.Members {
 		role := "voter"
 		if !m.Voter {
 			role = "nonvoter"
 		}
 		if m.Error != "" {
-			fmt.Fprintf(w, "%s\t%s\t%s\tunreachable\t-\t-\t-\n", m.ID, m.Addr, role)
+			fmt.Fprintf(w, "%s\t%s\t%s\tunreachable\t-\t-\t-\t-\n", m.ID, m.Addr, role)
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\n", m.ID, m.Addr, role, m.State, m.Term, m.AppliedIndex, m.Lag)
+		knows := "-"
+		if m.Knows != nil {
+			knows = strconv.Itoa(m.Knows.Entries)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", m.ID, m.Addr, role, m.State, m.Term, m.AppliedIndex, m.Lag, knows)
 	}
 	w.Flush()
 	if len(st.Leases) == 0 {

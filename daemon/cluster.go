@@ -22,6 +22,9 @@ type ClusterStatus struct {
 	Leader  string              `json:"leader"`
 	Members []MemberStatus      `json:"members"`
 	Leases  []BranchLeaseStatus `json:"leases"`
+	// Formats the cluster writes (switched to once every voter's binary
+	// reads them).
+	Formats volume.Formats `json:"formats"`
 }
 
 // MemberStatus is one node as it reports itself, with its lag behind the
@@ -30,6 +33,8 @@ type MemberStatus struct {
 	raftwal.NodeStats
 	Voter bool   `json:"voter"`
 	Lag   uint64 `json:"lag"`
+	// Knows is what the node's binary announced it reads and writes.
+	Knows *volume.Formats `json:"knows,omitempty"`
 }
 
 // BranchLeaseStatus is one branch's writer lease.
@@ -70,6 +75,8 @@ func (d *Daemon) ClusterStatus(ctx context.Context) (ClusterStatus, error) {
 	if err != nil {
 		return out, err
 	}
+	inUse, table := d.vol.ClusterFormats()
+	out.Formats = inUse
 	var commit uint64
 	for _, s := range stats {
 		if s.ID == leader {
@@ -78,6 +85,9 @@ func (d *Daemon) ClusterStatus(ctx context.Context) (ClusterStatus, error) {
 	}
 	for _, s := range stats {
 		m := MemberStatus{NodeStats: s, Voter: voter[s.ID]}
+		if f, ok := table[s.ID]; ok {
+			m.Knows = &f
+		}
 		if s.Error == "" && commit > s.AppliedIndex {
 			m.Lag = commit - s.AppliedIndex
 		}

@@ -220,3 +220,88 @@ func (v *Volume) Node() string {
 }
 
 func (v *Volume) isLeader() bool { return v.cluster == nil || v.log.IsLeader() }
+
+// checkClusterFormats refuses to run a binary older than the formats the
+// cluster switched to (it would halt on the first entry it cannot read).
+func (v *Volume) checkClusterFormats() error {
+	if err := written.Knows(v.fsm.InUse()); err != nil {
+		return fmt.Errorf("the cluster has switched to formats this binary cannot read: %w; run the newer neonfs on this node", err)
+	}
+	return nil
+}
+
+// announce records this binary's formats in the log (retrying until a
+// quorum takes it), so the leader knows when every voter can read newer
+// ones.
+func (v *Volume) announce() {
+	defer v.wg.Done()
+	b, err := fsm.EncodeNode(now(), fsm.NodeFormats{Node: v.cluster.ID(), Formats: written})
+	if err != nil {
+		slog.Error("announce formats", "err", err)
+		return
+	}
+	for {
+		_, _, err := v.log.Apply(b)
+		if err == nil {
+			slog.Info("announced this binary's formats to the cluster", "entries", written.Entries, "layers", written.Layers,
+				"snapshots", written.Snapshots, "manifests", written.Manifests)
+			return
+		}
+		select {
+		case <-v.stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// maybeSwitchFormats, on the leader, moves the cluster to the newest
+// formats every voter has announced, once each has. A voter that has not
+// announced yet (still starting) holds the switch back.
+func (v *Volume) maybeSwitchFormats() {
+	ms, err := v.cluster.Members()
+	if err != nil {
+		return
+	}
+	table := v.fsm.NodeTable()
+	common := written
+	for _, m := range ms {
+		if !m.Voter {
+			continue
+		}
+		f, ok := table[m.ID]
+		if !ok {
+			return
+		}
+		common = common.Min(f)
+	}
+	inUse := v.fsm.InUse()
+	if common.Max(inUse) == inUse {
+		if inUse.Entries >= 4 && !v.marked {
+			// Only a binary of entry format 4 writes marks, and only now
+			// that every voter reads them.
+			if b, err := fsm.EncodeMark(now(), "cluster writes entry format 4"); err == nil {
+				if _, _, err := v.log.Apply(b); err == nil {
+					v.marked = true
+				}
+			}
+		}
+		return
+	}
+	b, err := fsm.EncodeSwitch(now(), common.Max(inUse))
+	if err != nil {
+		return
+	}
+	if _, _, err := v.log.Apply(b); err != nil {
+		slog.Warn("switch the cluster's formats", "err", err)
+		return
+	}
+	slog.Info("every voter reads newer formats: the cluster switched", "entries", common.Entries, "layers", common.Layers,
+		"snapshots", common.Snapshots, "manifests", common.Manifests)
+}
+
+// ClusterFormats returns the formats the cluster switched to and what each
+// node announced.
+func (v *Volume) ClusterFormats() (inUse Formats, nodes map[string]Formats) {
+	return v.fsm.InUse(), v.fsm.NodeTable()
+}

@@ -101,6 +101,7 @@ func (v *Volume) leadFlushes(ctx context.Context) bool {
 		v.flushMu.Unlock()
 		return false
 	}
+	v.maybeSwitchFormats()
 	if v.genTerm {
 		return true
 	}

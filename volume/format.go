@@ -12,20 +12,10 @@ import (
 	"github.com/neonfs/neonfs/volume/fsm"
 )
 
-// Formats are the on-disk formats a binary writes. Each only grows: a
-// reader knows every version up to its own and refuses a higher one, so
-// an older binary never half-reads what a newer one wrote.
-type Formats struct {
-	// Entries is the log entry vocabulary: 1 has entry types 1-5 (puts,
-	// freeze, layer, branch, merge); 2 adds type 6 (compressed puts).
-	Entries int `json:"entries"`
-	// Layers is the layer object format (blockstore).
-	Layers int `json:"layers"`
-	// Snapshots is the FSM snapshot header (tree, timeline, inode mark).
-	Snapshots int `json:"snapshots"`
-	// Manifests is the remote manifest format.
-	Manifests int `json:"manifests"`
-}
+// Formats are the on-disk formats a binary writes (fsm.Formats). Each
+// only grows: a reader knows every version up to its own and refuses a
+// higher one, so an older binary never half-reads what a newer one wrote.
+type Formats = fsm.Formats
 
 // written is what this binary writes (and the most it reads).
 var written = Formats{Entries: fsm.EntryVersion, Layers: blockstore.LayerFormat, Snapshots: fsm.SnapshotVersion, Manifests: manifestVersion}
@@ -52,13 +42,13 @@ func checkFormats(dir string) error {
 			return fmt.Errorf("format record %s: %w", path, err)
 		}
 	}
-	if err := written.knows(rec); err != nil {
+	if err := written.Knows(rec); err != nil {
 		return fmt.Errorf("volume %s was written by a newer neonfs: %w; use that version or newer", dir, err)
 	}
-	if found && rec == written.max(rec) {
+	if found && rec == written.Max(rec) {
 		return nil
 	}
-	out, _ := json.MarshalIndent(written.max(rec), "", "  ")
+	out, _ := json.MarshalIndent(written.Max(rec), "", "  ")
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(out, '\n'), 0o600); err != nil {
 		return fmt.Errorf("record formats: %w", err)
@@ -77,28 +67,4 @@ func checkFormats(dir string) error {
 		return fmt.Errorf("record formats: %w", err)
 	}
 	return nil
-}
-
-// knows returns an error naming each format in rec newer than f's.
-func (f Formats) knows(rec Formats) error {
-	var errs []error
-	for _, c := range []struct {
-		what      string
-		have, got int
-	}{
-		{"log entries", f.Entries, rec.Entries},
-		{"layers", f.Layers, rec.Layers},
-		{"FSM snapshots", f.Snapshots, rec.Snapshots},
-		{"manifests", f.Manifests, rec.Manifests},
-	} {
-		if c.got > c.have {
-			errs = append(errs, fmt.Errorf("%s format %d (this binary knows up to %d)", c.what, c.got, c.have))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (f Formats) max(o Formats) Formats {
-	return Formats{Entries: max(f.Entries, o.Entries), Layers: max(f.Layers, o.Layers),
-		Snapshots: max(f.Snapshots, o.Snapshots), Manifests: max(f.Manifests, o.Manifests)}
 }

@@ -225,6 +225,7 @@ type Volume struct {
 	gen         uint64                 // this open's writer generation (0: read-only inspection or a cluster follower)
 	genTerm     bool                   // a cluster node claimed gen since it last became leader
 	snapCovered uint64                 // a follower's highest layer LSN at its last log snapshot
+	marked      bool                   // wrote the entry-format-4 mark (fsm.EncodeMark) as leader
 	fencedBy    atomic.Uint64          // a newer writer's generation, once seen
 	published   atomic.Pointer[string] // the last manifest uploaded
 	// Under flushMu: flushes, merges, manifests and deletions take turns.
@@ -479,6 +480,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 			v.OnLeaseLost(opts.OnLeaseLost)
 		}
 	}
+	if v.cluster != nil {
+		if err := v.checkClusterFormats(); err != nil {
+			v.log.Close()
+			lock.Close()
+			return nil, fmt.Errorf("volume %s: %w", dir, err)
+		}
+	}
 	if h := v.fsm.Halted(); h != nil && !opts.NoFlush {
 		// Inspection (status) may open a stopped volume; a writer may not.
 		v.log.Close()
@@ -499,6 +507,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	v.gate.CheckDisk()
 	v.wg.Add(1)
 	go v.diskWatcher()
+	if v.cluster != nil {
+		v.wg.Add(1)
+		go v.announce()
+	}
 	if !opts.NoFlush {
 		v.wg.Add(1)
 		go v.flusher()

@@ -117,6 +117,42 @@ func TestApplyData(t *testing.T) {
 						t.Fatal(err)
 					}
 					return apply(b)
+				case "announce", "switch":
+					// announce NODE E L S M; switch E L S M
+					args := c.Args
+					node := ""
+					if c.Cmd == "announce" {
+						node, args = args[0], args[1:]
+					}
+					var n [4]int
+					for i := range n {
+						n[i], _ = strconv.Atoi(args[i])
+					}
+					fm := Formats{Entries: n[0], Layers: n[1], Snapshots: n[2], Manifests: n[3]}
+					var b []byte
+					var err error
+					if c.Cmd == "announce" {
+						b, err = EncodeNode(now, NodeFormats{Node: node, Formats: fm})
+					} else {
+						b, err = EncodeSwitch(now, fm)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					return apply(b)
+				case "formats":
+					var out strings.Builder
+					table := f.NodeTable()
+					names := make([]string, 0, len(table))
+					for n := range table {
+						names = append(names, n)
+					}
+					slices.Sort(names)
+					for _, n := range names {
+						fmt.Fprintf(&out, "%s: %+v\n", n, table[n])
+					}
+					fmt.Fprintf(&out, "in use: %+v\n", f.InUse())
+					return out.String()
 				case "leases":
 					var out strings.Builder
 					ls := f.Leases()

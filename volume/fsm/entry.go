@@ -17,8 +17,21 @@ const entryFormat = 1
 
 // EntryVersion is the entry vocabulary this binary writes and reads
 // (recorded in formats.json): 1 has types 1-5, 2 adds entryPutsS2, 3 adds
-// writer leases (entryLease, entryFencedPuts). A new entry type raises it.
-const EntryVersion = 3
+// clusters (entryLease, entryFencedPuts, entryNode, entrySwitch). A new
+// entry type raises it.
+var EntryVersion = 3
+
+// futureVersion, set at link time (-ldflags "-X
+// github.com/neonfs/neonfs/volume/fsm.futureVersion=4"), builds a binary
+// one entry version ahead, whose version 4 adds entryMark: the rolling
+// upgrade test runs two builds of different formats with it.
+var futureVersion string
+
+func init() {
+	if futureVersion == "4" {
+		EntryVersion = 4
+	}
+}
 
 type entryType uint8
 
@@ -40,6 +53,13 @@ const (
 	// entryFencedPuts is a puts entry (plain or compressed, whole, header
 	// included) after a Fence: the writer's node and lease tokens.
 	entryFencedPuts entryType = 8
+	// entryNode announces the formats a cluster node's binary knows.
+	entryNode entryType = 9
+	// entrySwitch moves the cluster to newer formats (every voter knows them).
+	entrySwitch entryType = 10
+	// entryMark (version 4, futureVersion builds only) records a note; it
+	// exists so the upgrade test has a format only the newer build writes.
+	entryMark entryType = 11
 )
 
 // compressMin is the smallest puts body worth compressing.
@@ -97,6 +117,9 @@ type record struct {
 	Branch BranchOp
 	Lease  LeaseOp
 	Fence  *Fence // set on fenced puts
+	Node   NodeFormats
+	Switch Formats
+	Mark   string
 }
 
 var errBadEntry = errors.New("malformed log entry")
@@ -159,6 +182,14 @@ func EncodeLayer(now int64, meta blockstore.LayerMeta) ([]byte, error) {
 
 // EncodeBranch records a branch-tree change.
 func EncodeBranch(now int64, op BranchOp) ([]byte, error) { return encodeJSON(entryBranch, now, op) }
+
+// EncodeMark records a note (entry version 4 only).
+func EncodeMark(now int64, note string) ([]byte, error) {
+	if EntryVersion < 4 {
+		return nil, errors.New("mark entries need entry format 4")
+	}
+	return encodeJSON(entryMark, now, note)
+}
 
 // EncodeMerge records that a merged layer replaces a run of layers.
 func EncodeMerge(now int64, op MergeOp) ([]byte, error) { return encodeJSON(entryMerge, now, op) }
@@ -238,6 +269,21 @@ func decodeRecord(b []byte) (record, error) {
 	case entryLease:
 		if err := json.Unmarshal(b, &r.Lease); err != nil {
 			return r, fmt.Errorf("%w: lease: %v", errBadEntry, err)
+		}
+	case entryNode:
+		if err := json.Unmarshal(b, &r.Node); err != nil {
+			return r, fmt.Errorf("%w: node formats: %v", errBadEntry, err)
+		}
+	case entrySwitch:
+		if err := json.Unmarshal(b, &r.Switch); err != nil {
+			return r, fmt.Errorf("%w: format switch: %v", errBadEntry, err)
+		}
+	case entryMark:
+		if EntryVersion < 4 {
+			return r, fmt.Errorf("%w: entry type %d is unknown to this binary (written by a newer neonfs?)", errBadEntry, r.Type)
+		}
+		if err := json.Unmarshal(b, &r.Mark); err != nil {
+			return r, fmt.Errorf("%w: mark: %v", errBadEntry, err)
 		}
 	case entryFreeze:
 	case entryLayer:

@@ -35,8 +35,10 @@ type FSM struct {
 	tree     *snapshot.Tree
 	timeline *snapshot.Timeline
 	maxIno   uint64
-	leases   map[uint32]Lease // branch ID -> its writer lease (lease.go)
-	applied  atomic.Uint64    // the last log entry applied, of any type
+	leases   map[uint32]Lease   // branch ID -> its writer lease (lease.go)
+	nodes    map[string]Formats // what each cluster node's binary knows (formats.go)
+	inUse    Formats            // the formats the cluster switched to
+	applied  atomic.Uint64      // the last log entry applied, of any type
 	// halted is set by the first entry that cannot be applied; from then on
 	// nothing is (see Apply).
 	halted atomic.Pointer[HaltError]
@@ -71,7 +73,7 @@ func (f *FSM) halt(lsn uint64, err error) *HaltError {
 // inode numbers up to inoMark taken.
 func New(store *blockstore.Store, created time.Time, inoMark uint64) *FSM {
 	return &FSM{store: store, tree: snapshot.NewTree(created.UTC()), maxIno: inoMark,
-		timeline: &snapshot.Timeline{}, leases: map[uint32]Lease{}}
+		timeline: &snapshot.Timeline{}, leases: map[uint32]Lease{}, nodes: map[string]Formats{}}
 }
 
 // Halted returns why the FSM stopped applying, or nil.
@@ -143,6 +145,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return f.applyBranch(l.Index, rec.Time, rec.Branch)
 	case entryLease:
 		return f.applyLease(l.Index, rec.Time, rec.Lease)
+	case entryNode:
+		return f.applyNode(rec.Node)
+	case entrySwitch:
+		return f.applySwitch(rec.Switch)
+	case entryMark:
+		slog.Info("log mark", "lsn", l.Index, "note", rec.Mark)
 	case entryMerge:
 		if err := f.store.ReplaceLayers(rec.Merge.Remove, rec.Merge.Add); err != nil {
 			slog.Error("apply merge", "lsn", l.Index, "err", err)
@@ -311,7 +319,8 @@ type fsmSnapshot struct {
 // version. Version 0 had no magic: it began with the inode mark (a
 // uvarint), which can never read as "NEONFSM" followed by a digit, since
 // the tree length after the mark is followed by the JSON tree's '{'.
-// Version 2 adds the lease table after the timeline.
+// Version 2 adds the cluster state (leases, nodes' formats, the formats
+// in use: clusterState, JSON) after the timeline.
 const (
 	snapshotMagic   = "NEONFSM2"
 	SnapshotVersion = 2
@@ -333,9 +342,9 @@ func (f *FSM) Header() (hdr, tree []byte, err error) {
 	tl := f.timeline.AppendBinary(nil)
 	hdr = binary.AppendUvarint(hdr, uint64(len(tl)))
 	hdr = append(hdr, tl...)
-	ls := marshalLeases(f.leases)
-	hdr = binary.AppendUvarint(hdr, uint64(len(ls)))
-	return append(hdr, ls...), tree, nil
+	cs := f.marshalCluster()
+	hdr = binary.AppendUvarint(hdr, uint64(len(cs)))
+	return append(hdr, cs...), tree, nil
 }
 
 // Snapshot runs on the FSM goroutine, with no Apply in flight: capture
@@ -412,25 +421,32 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
-	leases := map[uint32]Lease{}
+	var cs clusterState
 	if version >= 2 {
 		n, err = binary.ReadUvarint(br)
 		if err != nil || n > 64<<20 {
-			return fmt.Errorf("restore snapshot: lease table length: %v", err)
+			return fmt.Errorf("restore snapshot: cluster state length: %v", err)
 		}
 		lb := make([]byte, n)
 		if _, err := io.ReadFull(br, lb); err != nil {
-			return fmt.Errorf("restore snapshot: lease table: %w", err)
+			return fmt.Errorf("restore snapshot: cluster state: %w", err)
 		}
-		if err := json.Unmarshal(lb, &leases); err != nil {
-			return fmt.Errorf("restore snapshot: lease table: %w", err)
+		if err := json.Unmarshal(lb, &cs); err != nil {
+			return fmt.Errorf("restore snapshot: cluster state: %w", err)
 		}
+	}
+	if cs.Leases == nil {
+		cs.Leases = map[uint32]Lease{}
+	}
+	if cs.Nodes == nil {
+		cs.Nodes = map[string]Formats{}
 	}
 	if err := f.store.ReadSnapshot(br); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.mu.Lock()
-	f.tree, f.maxIno, f.timeline, f.leases = tree, maxIno, timeline, leases
+	f.tree, f.maxIno, f.timeline = tree, maxIno, timeline
+	f.leases, f.nodes, f.inUse = cs.Leases, cs.Nodes, cs.InUse
 	f.applied.Store(max(f.applied.Load(), f.store.Applied()))
 	f.mu.Unlock()
 	return nil

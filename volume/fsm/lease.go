@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -242,9 +241,4 @@ func (f *FSM) LeaseOf(id uint32) (Lease, bool) {
 	defer f.mu.Unlock()
 	l, ok := f.leases[id]
 	return l, ok
-}
-
-func marshalLeases(m map[uint32]Lease) []byte {
-	b, _ := json.Marshal(m)
-	return b
 }

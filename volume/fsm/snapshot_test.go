@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"strings"
 	"testing"
@@ -21,10 +22,9 @@ func TestVersionZeroSnapshotRestores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Version 0: no magic and no lease table (an empty one is "{}" and its
-	// one-byte length).
+	// Version 0: no magic and no cluster state.
 	var buf bytes.Buffer
-	if err := WriteSnapshot(&buf, hdr[len(snapshotMagic):len(hdr)-3], store.Capture()); err != nil {
+	if err := WriteSnapshot(&buf, hdr[len(snapshotMagic):len(hdr)-clusterLen(f)], store.Capture()); err != nil {
 		t.Fatal(err)
 	}
 	g := New(blockstore.NewStore(objstore.NewMemStore(), 1<<20), time.Now(), 1)
@@ -52,6 +52,8 @@ func TestSnapshotLeases(t *testing.T) {
 	f := New(store, time.Now(), 1)
 	want := Lease{Node: "n1", Token: 7, Expires: 99}
 	f.leases[1] = want
+	f.nodes["n1"] = Formats{Entries: 3, Layers: 2, Snapshots: 2, Manifests: 1}
+	f.inUse = Formats{Entries: 3}
 	hdr, _, err := f.Header()
 	if err != nil {
 		t.Fatal(err)
@@ -67,10 +69,12 @@ func TestSnapshotLeases(t *testing.T) {
 	if got, ok := g.LeaseOf(1); !ok || got != want {
 		t.Errorf("lease after restore: %+v %v, want %+v", got, ok, want)
 	}
+	if g.NodeTable()["n1"] != f.nodes["n1"] || g.InUse() != f.inUse {
+		t.Errorf("formats after restore: %v %v", g.NodeTable(), g.InUse())
+	}
 
-	f.leases = map[uint32]Lease{}
 	hdr, _, _ = f.Header()
-	v1 := append([]byte("NEONFSM1"), hdr[len(snapshotMagic):len(hdr)-3]...)
+	v1 := append([]byte("NEONFSM1"), hdr[len(snapshotMagic):len(hdr)-clusterLen(f)]...)
 	buf.Reset()
 	if err := WriteSnapshot(&buf, v1, store.Capture()); err != nil {
 		t.Fatal(err)
@@ -79,7 +83,14 @@ func TestSnapshotLeases(t *testing.T) {
 	if err := g.Restore(io.NopCloser(&buf)); err != nil {
 		t.Fatalf("restore a version 1 snapshot: %v", err)
 	}
-	if len(g.Leases()) != 0 {
-		t.Errorf("leases after restoring a version 1 snapshot: %v", g.Leases())
+	if len(g.Leases()) != 0 || len(g.NodeTable()) != 0 || g.InUse() != (Formats{}) {
+		t.Errorf("cluster state after restoring a version 1 snapshot: %v %v %v", g.Leases(), g.NodeTable(), g.InUse())
 	}
+}
+
+// clusterLen is the size of the cluster state at the end of f's header,
+// its length prefix included.
+func clusterLen(f *FSM) int {
+	cs := f.marshalCluster()
+	return len(cs) + len(binary.AppendUvarint(nil, uint64(len(cs))))
 }
