@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
@@ -112,10 +111,6 @@ func (s *walStore) Close() error { return errors.Join(s.WAL.Close(), s.meta.Clos
 
 func walDir(dir string) string  { return filepath.Join(dir, "wal") }
 func snapDir(dir string) string { return filepath.Join(dir, "snapshots") }
-
-func hlog() hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Error, Output: os.Stderr})
-}
 
 // Bootstrap creates an empty single-voter log in cfg.Dir.
 func Bootstrap(cfg Config) error {

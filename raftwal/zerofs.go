@@ -9,8 +9,9 @@ import (
 
 	"github.com/hashicorp/raft-wal/fs"
 	"github.com/hashicorp/raft-wal/types"
-	"github.com/neonfs/neonfs/durable"
 	"golang.org/x/sys/unix"
+
+	"github.com/neonfs/neonfs/durable"
 )
 
 // zeroFS is raft-wal's file system with Postgres's trick for its WAL:
