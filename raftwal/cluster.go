@@ -36,15 +36,32 @@ func (n *Node) noteApplied() {
 	n.appliedMu.Unlock()
 }
 
-// waitApplied returns once this node has applied index. Raft sets the
-// applied index after a snapshot restore without an Apply, hence the
-// timer besides the wake-up.
+// AppliedFSM is an FSM that knows the last index it applied (snapshot
+// restores included). Raft's own AppliedIndex moves when entries are
+// handed to the FSM, before they are applied, so a node that must read
+// what it just committed asks the FSM.
+type AppliedFSM interface {
+	raft.FSM
+	Applied() uint64
+}
+
+// applied is the last index the FSM applied.
+func (n *Node) applied() uint64 {
+	if a, ok := n.fsm.(AppliedFSM); ok {
+		return a.Applied()
+	}
+	return n.raft.AppliedIndex()
+}
+
+// waitApplied returns once this node's FSM has applied index. A snapshot
+// restore moves the index without an Apply, hence the timer besides the
+// wake-up.
 func (n *Node) waitApplied(ctx context.Context, index uint64) error {
-	for n.raft.AppliedIndex() < index {
+	for n.applied() < index {
 		n.appliedMu.Lock()
 		ch := n.appliedCh
 		n.appliedMu.Unlock()
-		if n.raft.AppliedIndex() >= index {
+		if n.applied() >= index {
 			return nil
 		}
 		select {
@@ -53,7 +70,7 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 		case <-n.done:
 			return ErrClosed
 		case <-ctx.Done():
-			return fmt.Errorf("wait to apply index %d (applied %d): %w", index, n.raft.AppliedIndex(), ctx.Err())
+			return fmt.Errorf("wait to apply index %d (applied %d): %w", index, n.applied(), ctx.Err())
 		}
 	}
 	return nil
@@ -207,7 +224,7 @@ func (n *Node) LocalStats() NodeStats {
 	num := func(k string) uint64 { v, _ := strconv.ParseUint(st[k], 10, 64); return v }
 	leader, _ := n.Leader()
 	return NodeStats{ID: n.cfg.id(), Addr: n.Addr(), State: n.raft.State().String(), Term: num("term"),
-		LastIndex: n.raft.LastIndex(), CommitIndex: num("commit_index"), AppliedIndex: n.raft.AppliedIndex(), Leader: leader}
+		LastIndex: n.raft.LastIndex(), CommitIndex: num("commit_index"), AppliedIndex: n.applied(), Leader: leader}
 }
 
 // Status asks every member for its stats (a member that does not answer

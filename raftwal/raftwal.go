@@ -77,6 +77,7 @@ type Node struct {
 	trans raft.Transport
 	log   *slog.Logger
 	cfg   Config
+	fsm   raft.FSM
 
 	// Cluster only: the shared port and RPC connections to peers.
 	mux *Mux
@@ -235,7 +236,7 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	n := &Node{store: store, log: log, cfg: cfg, appliedCh: make(chan struct{}), done: make(chan struct{})}
+	n := &Node{store: store, log: log, cfg: cfg, fsm: fsm, appliedCh: make(chan struct{}), done: make(chan struct{})}
 	if cfg.clustered() {
 		if n.mux, err = Listen(cfg.Bind, cfg.advertise(), cfg.TLS); err != nil {
 			store.Close()

@@ -13,6 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -22,6 +25,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/neonfs/neonfs/daemon"
+	"github.com/neonfs/neonfs/endpoint"
 )
 
 // hangLimit bounds waits that only a hang would exceed. The tests assert
@@ -175,7 +181,8 @@ func TestClusterFollowerKill(t *testing.T) {
 // and commits. Every id acknowledged (before or after the cut) is on the new
 // writer. Throughout, no two nodes run main's Postgres at once. After the
 // partition heals node 1 catches up, and its endpoint stays suspended (a
-// client reaching it is refused: the lease is the new writer's).
+// client reaching it is refused: the lease is the new writer's); once the
+// new writer lets main go, node 1 serves it again.
 func TestClusterPartition(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: three nodes in network namespaces")
@@ -188,28 +195,29 @@ func TestClusterPartition(t *testing.T) {
 	for i := range 3 {
 		hosts = append(hosts, nc.Node(i).IP)
 	}
-	c := newCluster(t, hosts)
+	// init, join and serve listen on the node's Raft address: they run in
+	// its namespace. The CLI's calls to a daemon go through its unix socket,
+	// from here.
+	c := newWrappedCluster(t, hosts, func(i int, cmd *exec.Cmd) *exec.Cmd {
+		return nc.Node(i).Command(context.Background(), cmd.Path, cmd.Args[1:]...)
+	})
 	keepClusterLogs(t, c, "partition")
 	for i, n := range c.nodes {
-		node := nc.Node(i)
-		n.pgHost = node.IP
-		n.wrap = func(cmd *exec.Cmd) *exec.Cmd {
-			return node.Command(context.Background(), cmd.Path, cmd.Args[1:]...)
-		}
+		n.pgHost = nc.Node(i).IP
 	}
 	n1 := c.nodes[0]
 	n1.start(t)
-	for i, n := range c.nodes[1:] {
-		joinInNetns(t, nc.Node(i+1), n, n1)
+	c.join(t)
+	for _, n := range c.nodes[1:] {
 		n.start(t)
 	}
 	c.waitHealthy(t, n1, 3)
 	c.createEndpoints(t)
 	stopWriterFirst(t, c)
-	watch := watchEndpoints(t, c.nodes)
 
 	// Node 1's endpoint first: it takes main's lease. Then leadership.
 	createLedgerTable(t, n1)
+	watch := watchEndpoints(t, c.nodes)
 	if got := c.writer(t, n1); got != n1 {
 		t.Fatalf("main's writer is %v, want %s (its endpoint was woken first)", got, n1.id)
 	}
@@ -233,6 +241,7 @@ func TestClusterPartition(t *testing.T) {
 		t.Fatalf("before the partition: leader %q, writer %v; want %s both", st.Leader, c.writer(t, n1), n1.id)
 	}
 
+	pgGone := watchPidGone(t, oldPid)
 	cutAt := time.Now()
 	nc.Partition(0)
 	leader, leaderSeen := waitNewLeader(t, c.nodes[1:], n1.id)
@@ -246,10 +255,14 @@ func TestClusterPartition(t *testing.T) {
 		left, ok = watch.first(cutAt, func(r watchRound) bool { return r.answered[0] && !r.active[0] })
 		return ok
 	})
-	waitFor(t, hangLimit, fmt.Sprintf("%s's Postgres (pid %d) to exit", n1.id, oldPid), func() bool { return !pidAlive(oldPid) })
-	pgGone := time.Now()
-	t.Logf("%s's endpoint left active (%s) %v after the cut; its Postgres (pid %d) was gone by %v",
-		n1.id, left.state[0], left.at.Sub(cutAt).Round(time.Millisecond), oldPid, pgGone.Sub(cutAt).Round(100*time.Millisecond))
+	var gone time.Time
+	waitFor(t, hangLimit, fmt.Sprintf("%s's Postgres (pid %d) to exit", n1.id, oldPid), func() bool {
+		var ok bool
+		gone, ok = pgGone()
+		return ok
+	})
+	t.Logf("%s's endpoint left active (seen %s) %v after the cut; its Postgres (pid %d) exited %v after the cut",
+		n1.id, left.state[0], left.at.Sub(cutAt).Round(time.Millisecond), oldPid, gone.Sub(cutAt).Round(time.Millisecond))
 
 	// A survivor takes main over once node 1's lease has expired.
 	var took watchRound
@@ -263,6 +276,8 @@ func TestClusterPartition(t *testing.T) {
 		nw = c.nodes[2]
 	}
 	_, lastErr := stopLedger()
+	// The new writer commits, without a client error.
+	stopLedger = l.start(t, nw)
 	l.mu.Lock()
 	var lateAcks int
 	for _, at := range l.at {
@@ -275,12 +290,6 @@ func TestClusterPartition(t *testing.T) {
 	l.mu.Unlock()
 	t.Logf("%s took main over: its endpoint active %v after the cut; through %s: %d commits in all, %d acknowledged after the cut (the last %v after it), %d client errors (last: %v)",
 		nw.id, took.at.Sub(cutAt).Round(time.Millisecond), n1.id, phase1, lateAcks, lastAck.Sub(cutAt).Round(time.Millisecond), phase1Failures, lastErr)
-	if got := c.writer(t, nw); got != nw {
-		t.Fatalf("after the takeover %s sees main's writer as %v, want %s", nw.id, got, nw.id)
-	}
-
-	// The new writer commits, without a client error.
-	stopLedger = l.start(t, nw)
 	waitFor(t, hangLimit, "a ledger commit through "+nw.id, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -290,6 +299,9 @@ func TestClusterPartition(t *testing.T) {
 	firstCommit := l.at[phase1]
 	l.mu.Unlock()
 	t.Logf("first commit through %s %v after the cut", nw.id, firstCommit.Sub(cutAt).Round(time.Millisecond))
+	if got := c.writer(t, nw); got != nw {
+		t.Fatalf("after the takeover %s sees main's writer as %v, want %s", nw.id, got, nw.id)
+	}
 	time.Sleep(3 * time.Second)
 	if failures, lastErr := stopLedger(); failures != phase1Failures {
 		t.Errorf("the ledger client saw %d errors through the new writer %s; last: %v", failures-phase1Failures, nw.id, lastErr)
@@ -331,6 +343,13 @@ func TestClusterPartition(t *testing.T) {
 	waitCaughtUp(t, nw, n1)
 	verifyClusterLedger(t, nw, &l)
 	amcheck(t, nw)
+	// Node 1 is a full member again: once the new writer lets main go (a
+	// suspended endpoint releases the lease), a client through node 1 wakes
+	// main there and commits.
+	nw.cli.ok(t, "endpoint", "suspend", "main")
+	if err := insertOnce(n1, -2); err != nil {
+		t.Errorf("after the heal, with main released by %s, a client through %s cannot commit: %v", nw.id, n1.id, err)
+	}
 	watch.close()
 	watch.report(t)
 }
@@ -392,7 +411,12 @@ func stopWriterFirst(t *testing.T, c *testCluster) {
 func createLedgerTable(t *testing.T, n *clusterNode) {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, n.url())
+	cfg, err := pgx.ParseConfig(n.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnectTimeout = 2 * time.Minute // initdb, on a busy machine
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatalf("first connection through %s: %v", n.id, err)
 	}
@@ -415,19 +439,6 @@ func insertOnce(n *clusterNode, id int64) error {
 	return err
 }
 
-// joinInNetns prepares n as a new node in node's namespace: join listens on
-// n's Raft address while it asks the peer.
-func joinInNetns(t *testing.T, node *netNode, n, peer *clusterNode) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := node.Command(ctx, n.cli.bin, "join", "--data", n.cli.data, "--node-id", n.id,
-		"--raft-addr", n.raft, "--peer", peer.raft).CombinedOutput()
-	if err != nil {
-		t.Fatalf("neonfs join %s in %s: %v\n%s", n.id, node.NS, err, out)
-	}
-}
-
 // waitCaughtUp waits until from sees n answering with lag 0.
 func waitCaughtUp(t *testing.T, from, n *clusterNode) {
 	t.Helper()
@@ -447,54 +458,85 @@ func waitCaughtUp(t *testing.T, from, n *clusterNode) {
 
 // waitNewLeader polls the survivors' cluster status until one names a leader
 // other than old, and returns it with the earliest moment it was seen. A
-// status call asks every member, so while old is cut off each takes its RPC
-// timeout (2 s); the leader it names is read as the call starts. Calls
-// therefore overlap, one started every 200 ms, and a call's start is when
-// its answer was true.
+// status call asks every member, so while old is cut off it lasts at least
+// the RPC timeout (2 s); the leader it names is read as the call starts.
+// Calls therefore overlap, one started every 200 ms, and a call's start is
+// when its answer was true. Calls started after the first to find a leader
+// cannot find an earlier one: they are left to finish on their own.
 func waitNewLeader(t *testing.T, survivors []*clusterNode, old string) (string, time.Time) {
 	t.Helper()
-	type seen struct {
-		leader string
+	type call struct {
 		at     time.Time
+		done   chan struct{}
+		leader string // set before done is closed
 	}
-	var (
-		mu    sync.Mutex
-		found []seen
-		wg    sync.WaitGroup
-	)
-	defer wg.Wait()
+	var calls []*call
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	found := make(chan *call, 1)
 	deadline := time.Now().Add(time.Minute)
-	for i := 0; ; i++ {
-		mu.Lock()
-		done := len(found) > 0
-		mu.Unlock()
-		if done {
-			break
-		}
+	var first *call
+	for i := 0; first == nil; i++ {
 		if time.Now().After(deadline) {
 			t.Fatalf("no leader other than %s seen from %s or %s a minute after the cut", old, survivors[0].id, survivors[1].id)
 		}
 		n := survivors[i%len(survivors)]
+		c := &call{at: time.Now(), done: make(chan struct{})}
+		calls = append(calls, c)
 		wg.Go(func() {
-			at := time.Now()
+			defer close(c.done)
 			var st clusterStatus
-			if err := n.query(&st, "cluster", "status"); err != nil || st.Leader == "" || st.Leader == old {
-				return
+			if err := n.query(&st, "cluster", "status"); err == nil && st.Leader != "" && st.Leader != old {
+				c.leader = st.Leader
+				select {
+				case found <- c:
+				default:
+				}
 			}
-			mu.Lock()
-			found = append(found, seen{st.Leader, at})
-			mu.Unlock()
 		})
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case first = <-found:
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
-	wg.Wait()
-	first := slices.MinFunc(found, func(a, b seen) int { return a.at.Compare(b.at) })
-	for _, s := range found {
-		if s.leader != first.leader {
-			t.Logf("survivors named leaders %s and %s in turn", first.leader, s.leader)
+	for _, c := range calls {
+		if c.at.Before(first.at) {
+			<-c.done
+			if c.leader != "" {
+				first = c
+				break
+			}
 		}
 	}
 	return first.leader, first.at
+}
+
+// watchPidGone polls pid every 20 ms from now on; the returned func tells
+// when it was first seen gone.
+func watchPidGone(t *testing.T, pid int) func() (time.Time, bool) {
+	var mu sync.Mutex
+	var gone time.Time
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for pidAlive(pid) {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		mu.Lock()
+		gone = time.Now()
+		mu.Unlock()
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return func() (time.Time, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return gone, !gone.IsZero()
+	}
 }
 
 // query runs a --json command against n's daemon, for goroutines that must
@@ -528,10 +570,14 @@ func keepClusterLogs(t *testing.T, c *testCluster, prefix string) {
 
 // endpointWatch asks every node for main's endpoint every 100 ms, the three
 // at once, and flags any two nodes running main's Postgres at the same time.
+// It makes the call `neonfs endpoint list` makes, over each daemon's control
+// socket: three CLI processes every 100 ms on a two-core machine made a
+// round take 150-350 ms, and slowed initdb past a client's timeout.
 type endpointWatch struct {
-	nodes []*clusterNode
-	stop  chan struct{}
-	done  chan struct{}
+	nodes   []*clusterNode
+	clients []*http.Client
+	stop    chan struct{}
+	done    chan struct{}
 
 	mu       sync.Mutex
 	rounds   []watchRound
@@ -570,6 +616,14 @@ func (r watchRound) String() string {
 func watchEndpoints(t *testing.T, nodes []*clusterNode) *endpointWatch {
 	w := &endpointWatch{nodes: nodes, stop: make(chan struct{}), done: make(chan struct{}),
 		errs: make([]int, len(nodes)), lastErr: make([]error, len(nodes))}
+	for _, n := range nodes {
+		sock := daemon.ControlPath(n.cli.data)
+		w.clients = append(w.clients, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			}}})
+	}
 	go w.run()
 	t.Cleanup(w.close)
 	return w
@@ -617,14 +671,15 @@ func (w *endpointWatch) poll() watchRound {
 	var wg sync.WaitGroup
 	for i, node := range w.nodes {
 		wg.Go(func() {
-			var list []endpointLine
-			if errs[i] = node.query(&list, "endpoint", "list"); errs[i] != nil {
+			var list []daemon.EndpointInfo
+			if errs[i] = endpointList(w.clients[i], &list); errs[i] != nil {
+				errs[i] = fmt.Errorf("%s: %w", node.id, errs[i])
 				return
 			}
 			for _, e := range list {
 				if e.Branch == "main" {
-					r.answered[i], r.state[i], r.pid[i] = true, e.State, e.Pid
-					r.active[i] = e.State == "active" && pidAlive(e.Pid)
+					r.answered[i], r.state[i], r.pid[i] = true, string(e.State), e.Pid
+					r.active[i] = e.State == endpoint.Active && pidAlive(e.Pid)
 				}
 			}
 		})
@@ -639,6 +694,19 @@ func (w *endpointWatch) poll() watchRound {
 	}
 	w.mu.Unlock()
 	return r
+}
+
+func endpointList(c *http.Client, v any) error {
+	resp, err := c.Post("http://neonfs/rpc/endpoint-list", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("endpoint-list: %s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // first returns the first round at or after since for which cond holds.
@@ -671,6 +739,6 @@ func (w *endpointWatch) report(t *testing.T) {
 	if len(w.rounds) > 1 {
 		span = w.rounds[len(w.rounds)-1].at.Sub(w.rounds[0].at)
 	}
-	t.Logf("endpoint watch: %d polls of the three nodes over %v, failed polls %v, %d rounds in a row with two active",
-		len(w.rounds), span.Round(time.Second), w.errs, len(w.overlaps))
+	t.Logf("endpoint watch: %d polls of the three nodes over %v (%.1f/s), failed polls %v, %d rounds in a row with two active",
+		len(w.rounds), span.Round(time.Second), float64(len(w.rounds))/span.Seconds(), w.errs, len(w.overlaps))
 }

@@ -43,6 +43,14 @@ type testCluster struct {
 // running).
 func newCluster(t *testing.T, hosts []string, initArgs ...string) *testCluster {
 	t.Helper()
+	return newWrappedCluster(t, hosts, nil, initArgs...)
+}
+
+// newWrappedCluster is newCluster with node i's wrap set to wrap(i, cmd)
+// (nil: none): init, join and serve, which listen on the node's Raft
+// address, run through it.
+func newWrappedCluster(t *testing.T, hosts []string, wrap func(i int, cmd *exec.Cmd) *exec.Cmd, initArgs ...string) *testCluster {
+	t.Helper()
 	requireE2E(t)
 	requirePostgres(t)
 	if targetKind() != "neonfs" {
@@ -56,18 +64,45 @@ func newCluster(t *testing.T, hosts []string, initArgs ...string) *testCluster {
 			cli:    volumeCLI{bin: bin, data: filepath.Join(root, fmt.Sprintf("n%d", i+1))},
 			runDir: filepath.Join(root, fmt.Sprintf("run%d", i+1)), log: filepath.Join(root, fmt.Sprintf("n%d.log", i+1)),
 			pgPort: freePort(t)}
+		if wrap != nil {
+			n.wrap = func(cmd *exec.Cmd) *exec.Cmd { return wrap(i, cmd) }
+		}
 		c.nodes = append(c.nodes, n)
 	}
 	first := c.nodes[0]
 	args := append([]string{"init", "--objects", c.objects, "--node-id", first.id, "--raft-addr", first.raft}, initArgs...)
-	first.cli.ok(t, args...)
+	first.ok(t, args...)
 	return c
+}
+
+// ok is n.cli.ok run through n.wrap.
+func (n *clusterNode) ok(t *testing.T, args ...string) string {
+	t.Helper()
+	if n.wrap == nil {
+		return n.cli.ok(t, args...)
+	}
+	args = append(append([]string{}, args...), "--data", n.cli.data)
+	cmd := n.wrap(exec.Command(n.cli.bin, args...))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hung := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	if !hung.Stop() {
+		t.Fatalf("neonfs %s (%s) hung for 2m; output:\n%s", strings.Join(args, " "), n.id, out.String())
+	}
+	if err != nil {
+		t.Fatalf("neonfs %s (%s): %v\n%s", strings.Join(args, " "), n.id, err, out.String())
+	}
+	return out.String()
 }
 
 func (c *testCluster) join(t *testing.T, joinArgs ...string) {
 	for _, n := range c.nodes[1:] {
 		args := append([]string{"join", "--node-id", n.id, "--raft-addr", n.raft, "--peer", c.nodes[0].raft}, joinArgs...)
-		n.cli.ok(t, args...)
+		n.ok(t, args...)
 	}
 }
 

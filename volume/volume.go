@@ -554,6 +554,16 @@ func (v *Volume) propose(data []byte) error {
 	if e, ok := resp.(error); ok {
 		return commit.PermanentError{Err: e}
 	}
+	if out, ok := resp.(fsm.FencedOut); ok {
+		// The rest of the batch committed; the branches named lost their
+		// leases, and their mounts here stop before the batch counts as
+		// done, so no fsync waiting on it is acknowledged.
+		for _, id := range out.Branches {
+			if f := v.writer(id); f != nil && f.lease != nil {
+				v.fence(f, errors.New(out.Reason))
+			}
+		}
+	}
 	return nil
 }
 

@@ -43,6 +43,8 @@ func TestApplyData(t *testing.T) {
 					return fmt.Sprintf("lsn %d: branch %d", lsn, r)
 				case Frozen:
 					return fmt.Sprintf("lsn %d: frozen at %d", lsn, r.LSN)
+				case FencedOut:
+					return fmt.Sprintf("lsn %d: dropped branches %v: %s", lsn, r.Branches, r.Reason)
 				case Lease:
 					return fmt.Sprintf("lsn %d: lease node=%s token=%d expires=%ds", lsn, r.Node, r.Token, r.Expires/1e9)
 				case *HaltError:

@@ -114,12 +114,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Unlock()
 	switch rec.Type {
 	case entryPuts:
-		if dup, err := f.checkFence(rec.Fence, rec.Puts); err != nil {
-			return err
-		} else if dup {
+		puts, fenced, dup := f.fencePuts(rec.Fence, rec.Puts)
+		if dup {
 			slog.Warn("skipped a copy of a batch already applied", "lsn", l.Index, "node", rec.Fence.Node, "seq", rec.Fence.Seq)
 			return nil
 		}
+		rec.Puts = puts
 		var hi uint64
 		for _, e := range rec.Puts {
 			if e.Key.Kind == blockstore.KindInode {
@@ -130,6 +130,10 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.mu.Lock()
 		f.maxIno = max(f.maxIno, hi)
 		f.mu.Unlock()
+		if fenced != nil {
+			slog.Warn("dropped writes of a node that lost its writer lease", "lsn", l.Index, "branches", fenced.Branches, "why", fenced.Reason)
+			return *fenced
+		}
 	case entryFreeze:
 		f.store.Freeze(l.Index)
 		// The flusher publishes this state with the layer it is cutting:

@@ -184,44 +184,81 @@ func (f *FSM) applyLease(lsn uint64, t int64, op LeaseOp) any {
 	return fmt.Errorf("unknown lease op %q", op.Op)
 }
 
-// checkFence refuses puts to a branch with a lease unless the entry is
-// fenced by that lease's holder and token. Unfenced puts (fence nil) pass
-// only for branches that never had a lease: a volume of one node. It
-// reports dup for a batch already applied (Fence.Seq), which changes
-// nothing; otherwise the batch's sequence is recorded on its branches'
-// leases. The caller applies the puts only when both are nil/false.
-func (f *FSM) checkFence(fence *Fence, puts []blockstore.Entry) (dup bool, err error) {
+// FencedOut answers a puts entry some of whose branches the proposer no
+// longer holds: their puts were dropped (the rest applied), and the
+// proposer must stop writing them. It is an answer, not an error: the
+// other branches' writes in the batch committed.
+type FencedOut struct {
+	Branches []uint32
+	Reason   string
+}
+
+// fencePuts filters a puts entry by the leases. A branch with a lease
+// keeps its puts only when the entry is fenced by that lease's holder and
+// token; unfenced puts (fence nil) pass only for branches that never had
+// a lease (a volume of one node). It returns the puts to apply, the
+// branches dropped, and dup for a batch already applied under the leases
+// (Fence.Seq), of which nothing is applied. Kept branches record the
+// batch's sequence. Dropping per branch keeps one lost lease from failing
+// the other branches that share the node's batches.
+func (f *FSM) fencePuts(fence *Fence, puts []blockstore.Entry) (keep []blockstore.Entry, out *FencedOut, dup bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.leases) == 0 && fence == nil {
-		return false, nil
+		return puts, nil, false
 	}
-	seen := map[uint32]bool{}
+	ok := map[uint32]bool{}
 	for _, e := range puts {
 		b := e.Key.Branch
-		if seen[b] {
+		if _, seen := ok[b]; seen {
 			continue
 		}
-		seen[b] = true
 		l, held := f.leases[b]
 		switch {
-		case fence == nil && held:
-			return false, fmt.Errorf("unfenced write to branch %d, which node %s holds: %w", b, l.Node, ErrLeaseLost)
-		case fence != nil && (!held || l.Node != fence.Node || l.Token != fence.Tokens[b]):
-			return false, fmt.Errorf("write to branch %d by node %s with lease %d: %w", b, fence.Node, fence.Tokens[b], ErrLeaseLost)
-		case fence != nil && fence.Seq <= l.Seq:
+		case fence == nil && !held:
+			ok[b] = true
+		case fence == nil:
+			ok[b] = false
+			out = addFenced(out, b, fmt.Sprintf("unfenced write to branch %d, which node %s holds", b, l.Node))
+		case !held || l.Node != fence.Node || l.Token != fence.Tokens[b]:
+			ok[b] = false
+			out = addFenced(out, b, fmt.Sprintf("write to branch %d by node %s with lease %d", b, fence.Node, fence.Tokens[b]))
+		case fence.Seq <= l.Seq:
 			dup = true
+		default:
+			ok[b] = true
 		}
 	}
-	if fence == nil || dup {
-		return dup, nil
+	if dup {
+		return nil, nil, true
 	}
-	for b := range seen {
-		l := f.leases[b]
-		l.Seq = fence.Seq
-		f.leases[b] = l
+	if out == nil {
+		keep = puts
+	} else {
+		for _, e := range puts {
+			if ok[e.Key.Branch] {
+				keep = append(keep, e)
+			}
+		}
 	}
-	return false, nil
+	if fence != nil {
+		for b, good := range ok {
+			if good {
+				l := f.leases[b]
+				l.Seq = fence.Seq
+				f.leases[b] = l
+			}
+		}
+	}
+	return keep, out, false
+}
+
+func addFenced(out *FencedOut, b uint32, why string) *FencedOut {
+	if out == nil {
+		out = &FencedOut{Reason: why + ": " + ErrLeaseLost.Error()}
+	}
+	out.Branches = append(out.Branches, b)
+	return out
 }
 
 // Leases returns a copy of the lease table.

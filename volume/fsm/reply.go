@@ -14,13 +14,14 @@ import (
 const replyVersion = 1
 
 type wireReply struct {
-	V      int     `json:"v"`
-	Kind   string  `json:"kind"`
-	Branch uint32  `json:"branch,omitempty"`
-	Lease  *Lease  `json:"lease,omitempty"`
-	Frozen *Frozen `json:"frozen,omitempty"`
-	LSN    uint64  `json:"lsn,omitempty"`
-	Err    string  `json:"err,omitempty"`
+	V      int        `json:"v"`
+	Kind   string     `json:"kind"`
+	Branch uint32     `json:"branch,omitempty"`
+	Lease  *Lease     `json:"lease,omitempty"`
+	Frozen *Frozen    `json:"frozen,omitempty"`
+	LSN    uint64     `json:"lsn,omitempty"`
+	Fenced *FencedOut `json:"fenced,omitempty"`
+	Err    string     `json:"err,omitempty"`
 }
 
 // EncodeReply encodes an Apply answer.
@@ -37,6 +38,8 @@ func EncodeReply(resp any) []byte {
 		w.Kind, w.Lease = "lease", &r
 	case Frozen:
 		w.Kind, w.Frozen = "frozen", &r
+	case FencedOut:
+		w.Kind, w.Fenced = "fenced", &r
 	case error:
 		switch {
 		case errors.As(r, &halt):
@@ -77,6 +80,10 @@ func DecodeReply(b []byte) (any, error) {
 	case "frozen":
 		if w.Frozen != nil {
 			return *w.Frozen, nil
+		}
+	case "fenced":
+		if w.Fenced != nil {
+			return *w.Fenced, nil
 		}
 	case "halt":
 		return &HaltError{LSN: w.LSN, Err: errors.New(w.Err)}, nil

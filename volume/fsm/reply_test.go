@@ -13,6 +13,7 @@ func TestReplyRoundTrip(t *testing.T) {
 		uint32(7),
 		Lease{Node: "n2", Token: 12, Expires: 30e9},
 		Frozen{LSN: 9, Header: []byte("hdr"), Tree: []byte("{}")},
+		FencedOut{Branches: []uint32{1, 4}, Reason: "lost"},
 	} {
 		out, err := DecodeReply(EncodeReply(in))
 		if err != nil || !reflect.DeepEqual(out, in) {
