@@ -53,15 +53,21 @@ func (n *Node) applied() uint64 {
 	return n.raft.AppliedIndex()
 }
 
-// waitApplied returns once this node's FSM has applied index. A snapshot
-// restore moves the index without an Apply, hence the timer besides the
-// wake-up.
+// waitApplied returns once this node's FSM has applied index, which must
+// be a command (an entry the FSM sees: Raft's own configuration entries
+// never reach it). A snapshot restore moves the index without an Apply,
+// hence the timer besides the wake-up.
 func (n *Node) waitApplied(ctx context.Context, index uint64) error {
-	for n.applied() < index {
+	return n.waitIndex(ctx, index, n.applied)
+}
+
+// waitIndex waits until applied() reaches index.
+func (n *Node) waitIndex(ctx context.Context, index uint64, applied func() uint64) error {
+	for applied() < index {
 		n.appliedMu.Lock()
 		ch := n.appliedCh
 		n.appliedMu.Unlock()
-		if n.applied() >= index {
+		if applied() >= index {
 			return nil
 		}
 		select {
@@ -70,7 +76,7 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 		case <-n.done:
 			return ErrClosed
 		case <-ctx.Done():
-			return fmt.Errorf("wait to apply index %d (applied %d): %w", index, n.applied(), ctx.Err())
+			return fmt.Errorf("wait to apply index %d (applied %d): %w", index, applied(), ctx.Err())
 		}
 	}
 	return nil
@@ -104,10 +110,10 @@ func (n *Node) forward(data []byte) (uint64, any, error) {
 
 func (n *Node) encodeReply(resp any) []byte { return n.cfg.EncodeReply(resp) }
 
-// catchUp waits (bounded by ctx and a few election timeouts) for a leader
+// CatchUp waits (bounded by ctx and a few election timeouts) for a leader
 // and until this node has applied what the leader had committed when
 // asked. Without a leader it gives up quietly: the node still starts.
-func (n *Node) catchUp(ctx context.Context) {
+func (n *Node) CatchUp(ctx context.Context) {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		addr, id := n.raft.LeaderWithID()
@@ -133,8 +139,11 @@ func (n *Node) catchUp(ctx context.Context) {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		// The leader's commit index may be a configuration entry, which
+		// the FSM never sees: wait on Raft's index (which moves as entries
+		// are handed to the FSM) rather than the FSM's.
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		err = n.waitApplied(wctx, commit)
+		err = n.waitIndex(wctx, commit, n.raft.AppliedIndex)
 		cancel()
 		if err != nil {
 			n.log.Warn("catch up with the leader", "leader", string(id), "err", err)
@@ -224,7 +233,7 @@ func (n *Node) LocalStats() NodeStats {
 	num := func(k string) uint64 { v, _ := strconv.ParseUint(st[k], 10, 64); return v }
 	leader, _ := n.Leader()
 	return NodeStats{ID: n.cfg.id(), Addr: n.Addr(), State: n.raft.State().String(), Term: num("term"),
-		LastIndex: n.raft.LastIndex(), CommitIndex: num("commit_index"), AppliedIndex: n.applied(), Leader: leader}
+		LastIndex: n.raft.LastIndex(), CommitIndex: num("commit_index"), AppliedIndex: n.raft.AppliedIndex(), Leader: leader}
 }
 
 // Status asks every member for its stats (a member that does not answer

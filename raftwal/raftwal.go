@@ -45,6 +45,10 @@ type Config struct {
 	// Info answers a peer's info request (a joining node asks for the
 	// volume's description).
 	Info func() []byte
+	// Joining: the node is not a member yet, so Open does not wait for a
+	// leader (none will talk to it before it asks to join); call CatchUp
+	// after Join.
+	Joining bool
 }
 
 func (c Config) clustered() bool { return c.Bind != "" }
@@ -258,7 +262,9 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 	log.Info("replaying log", "last_index", r.LastIndex())
 	if cfg.clustered() {
 		go n.serveRPC(n.mux.RPC())
-		n.catchUp(ctx)
+		if !cfg.Joining {
+			n.CatchUp(ctx)
+		}
 		return n, nil
 	}
 	for r.State() != raft.Leader {

@@ -129,6 +129,7 @@ func openClusterLog(ctx context.Context, dir string, c ClusterConfig, f *fsm.FSM
 	if err != nil {
 		return nil, err
 	}
+	rc.Joining = c.Join != ""
 	n, err := raftwal.Open(ctx, rc, f)
 	if err != nil {
 		return nil, err
@@ -152,6 +153,7 @@ func openClusterLog(ctx context.Context, dir string, c ClusterConfig, f *fsm.FSM
 		backoff = min(2*backoff, 5*time.Second)
 	}
 	slog.Info("joined the cluster", "node", c.NodeID, "via", c.Join)
+	n.CatchUp(ctx)
 	c.Join = ""
 	if err := writeCluster(dir, c); err != nil {
 		n.Close()
