@@ -129,29 +129,37 @@ fuse_minors() { awk -v d="$1/" 'index($5, d) == 1 && $0 ~ / - fuse/ { split($3, 
 abort_fuse() {
 	local m
 	for m in "$@"; do
-		[ -e "/sys/fs/fuse/connections/$m/abort" ] && echo 1 >"/sys/fs/fuse/connections/$m/abort"
+		if [ -e "/sys/fs/fuse/connections/$m/abort" ]; then
+			echo 1 >"/sys/fs/fuse/connections/$m/abort" || echo "bench: could not abort FUSE connection $m" >&2
+		fi
 	done
-	return 0
 }
 
 cleanup() {
 	local rc=$? n pids=() p left
 	set +e
-	[ -n "$CLIENT_PID" ] && kill -KILL "$CLIENT_PID" 2>/dev/null
+	[ -n "$CLIENT_PID" ] && disown "$CLIENT_PID" 2>/dev/null && kill -KILL "$CLIENT_PID" 2>/dev/null
 	[ -n "$NATIVE_PGDATA" ] && stop_postgres "$NATIVE_PGDATA"
-	# Every daemon at once: each stops its Postgres and unmounts.
-	local trees=""
-	for n in "${NODES[@]}"; do
-		p=${SERVE_PID[$n]:-}
-		[ -n "$p" ] && kill -0 "$p" 2>/dev/null || continue
-		trees+="$(tree_of "$p") "
-		kill -TERM "$p" 2>/dev/null
-		pids+=("$p")
-	done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -0 "$p" 2>/dev/null && echo "bench: neonfs serve $p did not exit a minute after SIGTERM: killing it" >&2
-		wait "$p" 2>/dev/null || [ "$rc" -ne 0 ] || echo "bench: warning: neonfs serve $p did not exit 0 on SIGTERM" >&2
+	# The daemons running a Postgres (the writers) first, while their
+	# clusters still have a quorum to release the lease through; then the
+	# rest. Each phase all at once: a daemon stops its Postgres and unmounts.
+	local trees="" phase t
+	for phase in writers rest; do
+		pids=()
+		for n in "${NODES[@]}"; do
+			p=${SERVE_PID[$n]:-}
+			[ -n "$p" ] && kill -0 "$p" 2>/dev/null || continue
+			t=$(tree_of "$p")
+			[ "$phase" = writers ] && [ "$t" = "$p " ] && continue
+			trees+="$t "
+			kill -TERM "$p" 2>/dev/null
+			pids+=("$p")
+		done
+		for p in "${pids[@]}"; do
+			for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+			kill -0 "$p" 2>/dev/null && echo "bench: neonfs serve $p did not exit a minute after SIGTERM: killing it" >&2 && kill -KILL "$p"
+			wait "$p" 2>/dev/null || [ "$rc" -ne 0 ] || echo "bench: warning: neonfs serve $p did not exit 0 on SIGTERM" >&2
+		done
 	done
 	# What is left of them (and of killed nodes) goes, hanging FUSE
 	# requests aborted first.
@@ -204,7 +212,6 @@ start_node() {
 	done
 }
 
-node_id() { echo "n${1:1}"; }
 # node_of PREFIX ID: the node name of cluster PREFIX's node ID.
 node_of() { echo "$1${2#n}"; }
 
@@ -254,9 +261,11 @@ make_cluster() {
 		new_port raft
 		if [ "$k" = 1 ]; then
 			raft1=127.0.0.1:$raft
-			"$BIN" init --data "${DATA[$n]}" --objects "$WORK/$prefix-objects" --node-id n1 --raft-addr "$raft1" >/dev/null
+			"$BIN" init --data "${DATA[$n]}" --objects "$WORK/$prefix-objects" --node-id n1 --raft-addr "$raft1" >>"$LOGS/$n.log" 2>&1 ||
+				die_with_log "neonfs init of $n failed" "$LOGS/$n.log"
 		else
-			"$BIN" join --data "${DATA[$n]}" --node-id "n$k" --raft-addr "127.0.0.1:$raft" --peer "$raft1" >/dev/null
+			"$BIN" join --data "${DATA[$n]}" --node-id "n$k" --raft-addr "127.0.0.1:$raft" --peer "$raft1" >>"$LOGS/$n.log" 2>&1 ||
+				die_with_log "neonfs join of $n failed" "$LOGS/$n.log"
 		fi
 		echo "bench[$prefix]: starting node n$k (raft 127.0.0.1:$raft${args:+, $args})" >&2
 		start_node "$n"
@@ -279,6 +288,14 @@ took_ms() {
 		/ms$/ { sub(/ms$/, ""); print; next }
 		/µs$/ { sub(/µs$/, ""); print $0 / 1000; next }
 		/s$/ { sub(/s$/, ""); print $0 * 1000; next }' || true
+}
+
+# ms_since NS LINE: ms from NS (date +%s%N) to the time= of a slog LINE.
+ms_since() {
+	local t
+	t=$(grep -o '^time=[^ ]*' <<<"$2" | cut -d= -f2 || true)
+	[ -n "$t" ] || { echo "?"; return; }
+	awk -v a="$1" -v b="$(date -d "$t" +%s%N)" 'BEGIN { printf "%.0f", (b - a) / 1e6 }'
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
@@ -338,6 +355,9 @@ run_on() {
 		echo "$out" >&2
 		exit 1
 	fi
+	if grep -q 'number of failed transactions: [1-9]' <<<"$out"; then
+		echo "bench[$1]: warning: $(grep 'number of failed transactions' <<<"$out")" >&2
+	fi
 	awk '/^tps = /{print $3; exit}' <<<"$out"
 }
 
@@ -360,7 +380,7 @@ pgbench_part() {
 	NODES+=("$n")
 	DATA[$n]=$WORK/$n/data RUN[$n]=$WORK/$n/run SARGS[$n]=""
 	mkdir -m 0755 "$WORK/$n"
-	"$BIN" init --data "${DATA[$n]}" >/dev/null
+	"$BIN" init --data "${DATA[$n]}" >>"$LOGS/$n.log" 2>&1 || die_with_log "neonfs init of $n failed" "$LOGS/$n.log"
 	start_node "$n"
 	new_port p
 	PORT[neonfs-1v]=$p
@@ -445,7 +465,8 @@ print_pgbench() {
 # ---- 2. failover ------------------------------------------------------------
 
 declare -A EP_PORT
-FO_MS=()
+FO_MS=() # per round, ms
+FO_ELECTION=() # per round: the killed writer was the leader too (1) or not (0)
 FO_LINES=()
 
 # client_status: COMMITS LAST_PORT LAST_COMMIT_NS ERRORS of the ledger client.
@@ -465,7 +486,7 @@ wait_flowing() {
 }
 
 failover_part() {
-	local k n p ports="" st writer leader wnode i r pids minors kill_ns line commit_ns ms newid woke left
+	local k n p ports="" st writer leader wnode i r pids minors kill_ns line commit_ns ms newid nlog took woke left aborted
 	if ! mountpoint -q /sys/fs/fuse/connections; then
 		mount -t fusectl none /sys/fs/fuse/connections && FUSECTL_MOUNTED=1
 	fi
@@ -498,6 +519,8 @@ failover_part() {
 
 		pids=$(tree_of "${SERVE_PID[$wnode]}")
 		minors=$(fuse_minors "${RUN[$wnode]}" | tr '\n' ' ')
+		# disown: bash reaps it without a "Killed" notice.
+		disown "${SERVE_PID[$wnode]}"
 		kill_ns=$(date +%s%N)
 		# shellcheck disable=SC2086 # space-separated pid list
 		{ kill -STOP $pids; kill -KILL $pids; } 2>/dev/null || true
@@ -506,7 +529,7 @@ failover_part() {
 
 		line=""
 		for ((i = 0; i < 1200; i++)); do
-			line=$(grep '^failover ' "$WORK/ledger.out" | sed -n "${r}p")
+			line=$(grep '^failover ' "$WORK/ledger.out" | sed -n "${r}p" || true)
 			[ -n "$line" ] && break
 			kill -0 "$CLIENT_PID" 2>/dev/null || die_with_log "the ledger client exited" "$LOGS/ledger.log"
 			sleep 0.1
@@ -520,28 +543,33 @@ failover_part() {
 		ms=$(awk -v a="$kill_ns" -v b="$commit_ns" 'BEGIN { printf "%.0f", (b - a) / 1e6 }')
 		FO_MS+=("$ms")
 
-		# The new writer and its endpoint's wake (mount, crash recovery).
+		# The new writer, from its log: when it took the lease and when its
+		# Postgres was ready (the wake: mount and crash recovery).
 		newid="?"
 		for k in 1 2 3; do [ "${EP_PORT[x$k]}" = "$p" ] && newid=n$k; done
-		woke=$(grep -F 'msg="endpoint woke"' "$LOGS/$(node_of x "$newid").log" | tail -n 1)
-		FO_LINES+=("round $r: ${ms} ms; killed $writer (the writer; $([ "$writer" = "$leader" ] && echo "also the Raft leader: an election first" || echo "not the leader, $leader")); new writer $newid, its endpoint's wake took $(took_ms "$woke") ms; $(awk '{print $4}' <<<"$line") failed attempts by the client meanwhile")
+		nlog=$LOGS/$(node_of x "$newid").log
+		took=$(grep -F 'msg="took writer lease"' "$nlog" | tail -n 1 || true)
+		woke=$(grep -F 'msg="endpoint woke"' "$nlog" | tail -n 1 || true)
+		FO_ELECTION+=("$([ "$writer" = "$leader" ] && echo 1 || echo 0)")
+		FO_LINES+=("round $r: ${ms} ms; killed $writer (the writer, $([ "$writer" = "$leader" ] && echo "also the Raft leader: an election first" || echo "not the leader: $leader")); new writer $newid took the lease at +$(ms_since "$kill_ns" "$took") ms, its Postgres ready at +$(ms_since "$kill_ns" "$woke") ms (wake $(took_ms "$woke") ms); the client failed $(awk '{print $4}' <<<"$line") attempts meanwhile")
 		echo "bench[failover]: ${FO_LINES[-1]}" >&2
 
 		# What the dead daemon left: its mounts (lazily), then, if a
 		# process hangs in D state on them, its FUSE connections.
-		wait "${SERVE_PID[$wnode]}" 2>/dev/null || true
 		SERVE_PID[$wnode]=""
 		for p in $(mounts_under "${RUN[$wnode]}"); do umount -l "$p" || fusermount3 -uz "$p"; done
+		aborted=0
 		for ((i = 0; i < 300; i++)); do
 			# shellcheck disable=SC2086
 			left=$(alive $pids)
 			[ -z "$left" ] && break
-			if [ "$i" = 20 ] && [ -n "$minors" ]; then
+			if [ "$i" -ge 20 ] && [ "$aborted" = 0 ] && [ -n "$minors" ]; then
 				for p in $left; do
 					if [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" = D ]; then
 						echo "bench[failover]: process $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)) hangs in D state: aborting FUSE connection(s) $minors" >&2
 						# shellcheck disable=SC2086
 						abort_fuse $minors
+						aborted=1
 						break
 					fi
 				done
@@ -570,6 +598,13 @@ print_failover() {
 	echo "3 voters (lease TTL default)$([ "$FAILOVER_LEAD_WRITES" = 1 ] && echo ", --lead-writes"), all on one disk ($DISK) and $CORES cores; an endpoint for main on every node"
 	for l in "${FO_LINES[@]}"; do echo "  $l"; done
 	echo "median of ${#FO_MS[@]}: $(median "${FO_MS[@]}") ms (goal: < ${GOAL_MS} ms; LiteFS fails over in about 11 s with a Consul lease)"
+	local e i list
+	for e in 1 0; do
+		list=()
+		for i in "${!FO_MS[@]}"; do [ "${FO_ELECTION[$i]}" = "$e" ] && list+=("${FO_MS[$i]}"); done
+		[ ${#list[@]} -gt 0 ] || continue
+		echo "  $([ "$e" = 1 ] && echo "the writer was also the leader" || echo "the writer was a follower"): median of ${#list[@]}: $(median "${list[@]}") ms"
+	done
 	echo "$LEDGER (every acknowledged row must be there: missing=0)"
 }
 
