@@ -28,11 +28,11 @@ func nodeFlags() []ucli.Flag {
 
 // clusterConfig reads nodeFlags; nil when none is set (a single node).
 func clusterConfig(c *ucli.Context, required bool) (*volume.ClusterConfig, error) {
-	any := false
+	set := false
 	for _, f := range []string{"node-id", "raft-addr", "advertise", "tls-cert", "tls-key", "tls-ca"} {
-		any = any || c.IsSet(f)
+		set = set || c.IsSet(f)
 	}
-	if !any && !required {
+	if !set && !required {
 		return nil, nil
 	}
 	if c.String("node-id") == "" || c.String("raft-addr") == "" {

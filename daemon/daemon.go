@@ -20,6 +20,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/neonfs/neonfs/fusefs"
+	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/volume"
 )
 
@@ -30,6 +31,9 @@ type Daemon struct {
 	dir   string
 	vol   *volume.Volume
 	debug bool
+
+	// requests counts the FUSE requests of all the mounts, by opcode.
+	requests hist.Timings
 
 	mu     sync.Mutex
 	mounts map[string]*served // by mountpoint
@@ -120,7 +124,8 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountReply, error
 		return MountReply{}, err
 	}
 	bfs.SetMountpoint(mnt)
-	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug})
+	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{
+		WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug, Requests: &d.requests})
 	if err != nil {
 		return MountReply{}, errors.Join(err, d.vol.Unmount(bfs))
 	}

@@ -11,15 +11,21 @@ import (
 	"time"
 
 	"github.com/neonfs/neonfs/endpoint"
+	"github.com/neonfs/neonfs/internal/hist"
 	"github.com/neonfs/neonfs/metrics"
 )
 
 // MetricsSource is what the daemon's /metrics reports: the volume's
-// counters (volume.Metrics, never Status, which lists the object store)
-// and its endpoints'.
+// counters (volume.Metrics, never Status, which lists the object store),
+// its endpoints' and its FUSE requests.
 func (d *Daemon) MetricsSource() metrics.Source {
-	return metrics.Source{Volume: d.vol.Metrics, Endpoints: d.endpointMetrics}
+	return metrics.Source{Volume: d.vol.Metrics, Endpoints: d.endpointMetrics, FuseRequests: d.FuseRequests}
 }
+
+// FuseRequests returns the FUSE requests all this daemon's mounts have
+// answered since it started, by opcode, with the time the file system
+// took: the round trips a Postgres commit costs (WRITE, SETATTR, FSYNC).
+func (d *Daemon) FuseRequests() []hist.Timing { return d.requests.Snapshot() }
 
 func (d *Daemon) endpointMetrics() []metrics.EndpointStats {
 	d.mu.Lock()

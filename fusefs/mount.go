@@ -31,6 +31,11 @@ type Options struct {
 	// FUSE connection's bdi); 0 means DefaultReadAheadKB, -1 the kernel's
 	// own 128 KiB.
 	ReadAheadKB int
+	// Requests, if not nil, counts every FUSE request with the time the
+	// file system took, by go-fuse's opcode name ("WRITE", "FSYNC"); it
+	// is called on every request, so Add must be cheap and safe for
+	// concurrent use. One recorder may serve several mounts.
+	Requests fuse.LatencyMap
 }
 
 // DefaultReadAheadKB: a sequential read of a cold 512 MiB file went from
@@ -87,8 +92,17 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 		// refuses them too. "ro" is a mount flag, not a FUSE option.
 		opts.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
-	srv, err := fs.Mount(abs, &node{bfs: bfs}, opts)
+	// fs.Mount, with the request counter around the node bridge.
+	raw := fs.NewNodeFS(&node{bfs: bfs}, opts)
+	if o.Requests != nil {
+		raw = &timedFS{RawFileSystem: raw, rec: o.Requests}
+	}
+	srv, err := fuse.NewServer(raw, abs, &opts.MountOptions)
 	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", abs, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
 	closeFuseOnExec()

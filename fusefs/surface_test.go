@@ -11,16 +11,18 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/neonfs/neonfs/internal/hist"
 )
 
 // TestPostgresSurface covers, one case each, the POSIX calls Postgres makes
-// (DESIGN.md "POSIX surface"), with the kernel's writeback cache on as in
-// production.
+// (DESIGN.md "POSIX surface"), with the kernel's writeback cache on and
+// the requests counted, as in production.
 func TestPostgresSurface(t *testing.T) {
 	if testing.Short() {
 		t.Skip("mounts FUSE")
 	}
-	mnt := mountVolume(t, Options{WritebackCache: true})
+	mnt := mountVolume(t, Options{WritebackCache: true, Requests: new(hist.Timings)})
 	p := func(name string) string { return filepath.Join(mnt, name) }
 
 	cases := []struct {

@@ -23,12 +23,15 @@ type EndpointStats struct {
 	ColdStarts hist.Snapshot // seconds from a wake's start to Postgres ready
 }
 
-// Source is what a scrape reads. Both funcs are called on every scrape,
-// so they must be cheap and must not wait on the network; either may be
+// Source is what a scrape reads. The funcs are called on every scrape,
+// so they must be cheap and must not wait on the network; any may be
 // nil.
 type Source struct {
 	Volume    func() volume.Metrics
 	Endpoints func() []EndpointStats
+	// FuseRequests are the FUSE requests answered, by go-fuse's opcode
+	// name, with the time the file system took.
+	FuseRequests func() []hist.Timing
 }
 
 // Handler serves src in the Prometheus text format, with the Go runtime's
@@ -89,6 +92,12 @@ var (
 	endpointColds   = desc("endpoint_cold_start_seconds", "Time from a wake's start (mount, initdb if new, start) to Postgres ready.", "branch")
 )
 
+// The FUSE requests, by opcode.
+var (
+	fuseRequests       = desc("fuse_requests_total", "FUSE requests answered, by opcode (WRITE, SETATTR, FSYNC, ...).", "op")
+	fuseRequestSeconds = desc("fuse_request_seconds_total", "Time the file system took to answer FUSE requests, by opcode.", "op")
+)
+
 // endpointStates are the states endpoint_state reports for every branch.
 var endpointStates = []endpoint.State{endpoint.Suspended, endpoint.Waking, endpoint.Active, endpoint.Suspending, endpoint.Stopped}
 
@@ -99,7 +108,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 		batchBytes, pendingBytes, fsyncSeconds, syncWrites, blockCacheHits, blockCacheMisses, layerCacheHits,
 		layerCacheMisses, layerCacheEvicts, layerCacheBytes, layerCacheLimit, layers, layerBytes, memtableBytes,
 		committedLSN, flushedLSN, flushLag, flushing, flushFailing, mounts, diskFull, stopped, takenOver,
-		endpointState, endpointConns, endpointRelayed, endpointColds} {
+		endpointState, endpointConns, endpointRelayed, endpointColds, fuseRequests, fuseRequestSeconds} {
 		ch <- d
 	}
 }
@@ -113,6 +122,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		sort.Slice(eps, func(i, j int) bool { return eps[i].Info.Branch < eps[j].Info.Branch })
 		for _, e := range eps {
 			collectEndpoint(ch, e)
+		}
+	}
+	if c.src.FuseRequests != nil {
+		for _, r := range c.src.FuseRequests() {
+			send(ch, fuseRequests, prometheus.CounterValue, float64(r.Count), r.Name)
+			send(ch, fuseRequestSeconds, prometheus.CounterValue, r.Seconds, r.Name)
 		}
 	}
 }

@@ -68,8 +68,14 @@ func fakeSource() Source {
 		BlockCacheHits: 9, BlockCacheMisses: 3, Layers: 2, LayerBytes: 4096,
 		MemtableBytes: 100, FrozenBytes: 50, CommittedLSN: 30, FlushedLSN: 25, DiskFull: true, Mounts: 1,
 	}
+	var requests hist.Timings
+	for range 3 {
+		requests.Add("WRITE", 250*time.Microsecond)
+	}
+	requests.Add("FSYNC", 2*time.Millisecond)
 	return Source{
-		Volume: func() volume.Metrics { return vm },
+		Volume:       func() volume.Metrics { return vm },
+		FuseRequests: requests.Snapshot,
 		Endpoints: func() []EndpointStats {
 			return []EndpointStats{
 				{Info: endpoint.Info{Branch: "main", State: endpoint.Active, Connections: 2, Relayed: 5, ColdStarts: 2},
@@ -121,6 +127,12 @@ func TestScrape(t *testing.T) {
 		`neonfs_endpoint_cold_start_seconds_sum{branch="main"} 1`,
 		`neonfs_endpoint_cold_start_seconds_count{branch="main"} 2`,
 		`neonfs_endpoint_cold_start_seconds_count{branch="dev"} 0`,
+		"# TYPE neonfs_fuse_requests_total counter",
+		`neonfs_fuse_requests_total{op="WRITE"} 3`,
+		`neonfs_fuse_requests_total{op="FSYNC"} 1`,
+		"# TYPE neonfs_fuse_request_seconds_total counter",
+		`neonfs_fuse_request_seconds_total{op="WRITE"} 0.00075`,
+		`neonfs_fuse_request_seconds_total{op="FSYNC"} 0.002`,
 	)
 	// The Go runtime and the process, from the handler's own registry.
 	for _, name := range []string{"go_goroutines ", "process_resident_memory_bytes "} {
@@ -143,6 +155,7 @@ func TestScrapeLayerCacheAndNoEndpoints(t *testing.T) {
 		return m
 	}
 	src.Endpoints = nil
+	src.FuseRequests = nil
 	text := scrape(t, src)
 	wantLines(t, text,
 		"neonfs_layer_cache_hits_total 4",
@@ -152,6 +165,9 @@ func TestScrapeLayerCacheAndNoEndpoints(t *testing.T) {
 		"neonfs_layer_cache_limit_bytes 1.073741824e+09")
 	if strings.Contains(text, "neonfs_endpoint_") {
 		t.Error("endpoint metrics without endpoints")
+	}
+	if strings.Contains(text, "neonfs_fuse_") {
+		t.Error("FUSE request metrics without a recorder")
 	}
 }
 

@@ -1,5 +1,6 @@
-// Package hist counts observations into fixed buckets, for the metrics:
-// storage and compute packages record into a Histogram without importing
+// Package hist counts observations into fixed buckets, and events with
+// their total duration by name (Timings), for the metrics: storage,
+// compute and FUSE packages record into them without importing
 // Prometheus, and the metrics collector reads Snapshots.
 package hist
 
