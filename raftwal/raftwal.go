@@ -99,6 +99,7 @@ type Node struct {
 type walStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
+	dir  string
 }
 
 func openWAL(dir string) (*walStore, error) {
@@ -109,7 +110,7 @@ func openWAL(dir string) (*walStore, error) {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)
 	}
-	return &walStore{WAL: w, meta: meta}, nil
+	return &walStore{WAL: w, meta: meta, dir: walDir(dir)}, nil
 }
 
 func (s *walStore) Close() error { return errors.Join(s.WAL.Close(), s.meta.Close()) }
@@ -252,7 +253,7 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 	} else {
 		_, n.trans = raft.NewInmemTransport(localAddr)
 	}
-	r, err := raft.NewRaft(raftConfig(cfg), notifyFSM{FSM: fsm, n: n}, store, store, snaps, n.trans)
+	r, err := newRaft(raftConfig(cfg), notifyFSM{FSM: fsm, n: n}, store, snaps, n.trans)
 	if err != nil {
 		n.closeTransport()
 		store.Close()
@@ -281,6 +282,18 @@ func Open(ctx context.Context, cfg Config, fsm raft.FSM) (*Node, error) {
 		return nil, fmt.Errorf("replay log: %w", err)
 	}
 	return n, nil
+}
+
+// newRaft is raft.NewRaft, which panics when the log store cannot read an
+// entry it needs (a damaged log, or raft-wal before v0.4.1 after a tail
+// truncation): the volume must refuse to open with the reason, not crash.
+func newRaft(conf *raft.Config, fsm raft.FSM, store *walStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r, err = nil, fmt.Errorf("the log in %s cannot be read: %v", store.dir, p)
+		}
+	}()
+	return raft.NewRaft(conf, fsm, store, store, snaps, trans)
 }
 
 // ErrClosed is returned by Apply after Close.
