@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 )
 
 // Rolling upgrades. Every cluster node announces, with an entry, the
@@ -94,11 +95,7 @@ func (f *FSM) applySwitch(to Formats) any {
 func (f *FSM) NodeTable() map[string]Formats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[string]Formats, len(f.nodes))
-	for k, v := range f.nodes {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(f.nodes)
 }
 
 // InUse is the formats the cluster switched to (zero before any switch).

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -265,11 +266,7 @@ func addFenced(out *FencedOut, b uint32, why string) *FencedOut {
 func (f *FSM) Leases() map[uint32]Lease {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[uint32]Lease, len(f.leases))
-	for id, l := range f.leases {
-		out[id] = l
-	}
-	return out
+	return maps.Clone(f.leases)
 }
 
 // LeaseOf returns branch id's lease, if it has one.
