@@ -254,3 +254,73 @@ func retryApply(n *Node, data string) (uint64, any, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestTruncatedTailReopens: a leader that appended an entry it could not
+// commit (its peers were down) and then rejoined a cluster that moved on
+// truncates that entry from its log; it must still open afterwards.
+// raft-wal before v0.4.1 marked the truncated segment sealed without an
+// index block, and the next open panicked ("sealed segment has no index
+// block").
+func TestTruncatedTailReopens(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: three Raft nodes")
+	}
+	nodes := []*testNode{newTestNode(t, "n1"), newTestNode(t, "n2"), newTestNode(t, "n3")}
+	if err := Bootstrap(nodes[0].cfg); err != nil {
+		t.Fatal(err)
+	}
+	nodes[0].open(t)
+	for _, tn := range nodes[1:] {
+		if err := PrepareJoin(tn.cfg); err != nil {
+			t.Fatal(err)
+		}
+		tn.open(t)
+		if err := tn.node.Join(nodes[0].cfg.Bind); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for _, tn := range nodes {
+			if tn.node != nil {
+				tn.node.Close()
+			}
+		}
+	}()
+	if _, _, err := retryApply(nodes[0].node, "committed"); err != nil {
+		t.Fatal(err)
+	}
+	leader := nodes[0]
+	waitFor(t, "n1 to lead", leader.node.IsLeader)
+	// The followers go away; the leader appends what it cannot commit.
+	for _, tn := range nodes[1:] {
+		tn.node.Close()
+		tn.node = nil
+	}
+	done := make(chan struct{})
+	go func() { leader.node.Apply([]byte("uncommitted")); close(done) }()
+	time.Sleep(300 * time.Millisecond)
+	leader.node.Close()
+	leader.node = nil
+	<-done
+	// The others come back without it and commit something else.
+	for _, tn := range nodes[1:] {
+		tn.open(t)
+	}
+	if _, _, err := retryApply(nodes[1].node, "moved on"); err != nil {
+		t.Fatal(err)
+	}
+	// The old leader rejoins: its uncommitted tail is replaced.
+	leader.open(t)
+	waitFor(t, "n1 to have the new entries", func() bool {
+		l := leader.fsm.list()
+		return len(l) > 0 && l[len(l)-1] == "moved on"
+	})
+	leader.node.Close()
+	leader.node = nil
+	leader.open(t) // panicked with raft-wal v0.4.0
+	for _, e := range leader.fsm.list() {
+		if e == "uncommitted" {
+			t.Fatalf("the uncommitted entry was applied: %v", leader.fsm.list())
+		}
+	}
+}
