@@ -134,19 +134,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestClusterForwardJoinFailover: three nodes over TCP on loopback. A
-// follower's proposal is forwarded and applied on every node; joining
-// twice is a no-op; killing the leader elects another that keeps every
-// committed entry; a node with an emptied data dir rejoins and catches up.
-func TestClusterForwardJoinFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("slow: three Raft nodes")
-	}
+// startCluster bootstraps n1 and joins n2 and n3 to it (each first asking
+// n1 for its info, as `neonfs join` does); the nodes still open at the end
+// of the test are closed.
+func startCluster(t *testing.T) []*testNode {
+	t.Helper()
 	nodes := []*testNode{newTestNode(t, "n1"), newTestNode(t, "n2"), newTestNode(t, "n3")}
 	if err := Bootstrap(nodes[0].cfg); err != nil {
 		t.Fatal(err)
 	}
 	nodes[0].open(t)
+	t.Cleanup(func() {
+		for _, tn := range nodes {
+			if tn.node != nil {
+				tn.node.Close()
+			}
+		}
+	})
 	for _, tn := range nodes[1:] {
 		info, err := FetchInfo(context.Background(), freeAddr(t), "", nodes[0].cfg.Bind, nil)
 		if err != nil || string(info) != "info of n1" {
@@ -160,13 +164,18 @@ func TestClusterForwardJoinFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer func() {
-		for _, tn := range nodes {
-			if tn.node != nil {
-				tn.node.Close()
-			}
-		}
-	}()
+	return nodes
+}
+
+// TestClusterForwardJoinFailover: three nodes over TCP on loopback. A
+// follower's proposal is forwarded and applied on every node; joining
+// twice is a no-op; killing the leader elects another that keeps every
+// committed entry; a node with an emptied data dir rejoins and catches up.
+func TestClusterForwardJoinFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: three Raft nodes")
+	}
+	nodes := startCluster(t)
 	// Joining again with the same ID and address is a no-op; another
 	// address for the same ID is refused.
 	if err := nodes[2].node.Join(nodes[1].cfg.Bind); err != nil {
@@ -265,27 +274,7 @@ func TestTruncatedTailReopens(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: three Raft nodes")
 	}
-	nodes := []*testNode{newTestNode(t, "n1"), newTestNode(t, "n2"), newTestNode(t, "n3")}
-	if err := Bootstrap(nodes[0].cfg); err != nil {
-		t.Fatal(err)
-	}
-	nodes[0].open(t)
-	for _, tn := range nodes[1:] {
-		if err := PrepareJoin(tn.cfg); err != nil {
-			t.Fatal(err)
-		}
-		tn.open(t)
-		if err := tn.node.Join(nodes[0].cfg.Bind); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer func() {
-		for _, tn := range nodes {
-			if tn.node != nil {
-				tn.node.Close()
-			}
-		}
-	}()
+	nodes := startCluster(t)
 	if _, _, err := retryApply(nodes[0].node, "committed"); err != nil {
 		t.Fatal(err)
 	}
