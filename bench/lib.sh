@@ -24,10 +24,11 @@ free_port() {
 	echo "$port"
 }
 
-# pg_start PGDATA LOG PORT
+# pg_start PGDATA LOG PORT [EXTRA]: EXTRA is more postgres options
+# ("-c wal_sync_method=open_datasync").
 pg_start() {
 	as_postgres "$PGBIN/pg_ctl" start -D "$1" -l "$2" -w -t 600 \
-		-o "-c port=$3 -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB" >/dev/null
+		-o "-c port=$3 -c listen_addresses='' -c unix_socket_directories=$SOCK -c shared_buffers=128MB -c max_wal_size=1GB ${4:-}" >/dev/null
 }
 
 pg_stop() { as_postgres "$PGBIN/pg_ctl" stop -D "$1" -m fast -w -t 600 >/dev/null; }

@@ -5,28 +5,40 @@
 #   sudo bench/pgbench.sh
 #   sudo ROUNDS=1 DURATION=10 bench/pgbench.sh   # quick check
 #   sudo LOOPBACK=0 bench/pgbench.sh             # native and neonfs only
+#   sudo NEONFS_B_ARGS="--wal-direct-io=false" NEONFS_B_WAL_SYNC=fdatasync \
+#       bench/pgbench.sh                         # A/B two neonfs settings
 #
 # The loopback (bench/loopback) passes every request straight to a
 # directory on the same disk, mounted with neonfs's FUSE options (writeback
 # cache, xattrs off, long timeouts): it is the floor FUSE itself sets, so
 # neonfs/loopback is what neonfs's own work (the log, the block map) costs.
 #
-# Each file system gets initdb, `pgbench -i -s $SCALE`, CHECKPOINT, and its
-# writes settled (sync; on neonfs, until no flush or merge runs). Then, for
-# each of $ROUNDS rounds, TPC-B (`-c $CLIENTS -j $JOBS -T $DURATION`) and
-# select-only (`-S`, same options) run on every file system, the order
-# rotating between rounds, each run after the file systems settle again.
-# All Postgres servers stay up; only one runs a workload at a time.
-# Throughput on these shared machines swings by 20% between identical
-# runs, so the ratios reported are the medians of the per-round ratios; the
-# spread of the per-round ratios is printed too, since one round can land
-# 0.1 off. Everything lives in a temp dir under /var/tmp; neonfs builds the
-# binary (or uses $NEONFS_BIN). Everything (Postgres, the daemons, the
-# mounts, the temp dir) is cleaned up on exit.
+# neonfs runs Postgres with wal_sync_method=open_datasync, as its
+# endpoints do (one FUSE round trip per WAL flush, see fusefs walFile), so
+# native ext4 runs twice, once with each method ("native" with Postgres's
+# default fdatasync, "native-ods" with open_datasync), and the headline
+# ratio is against the faster of the two in each round ("native-best"):
+# every file system gets its own fastest method.
+#
+# Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "init"
+# line), CHECKPOINT, and its writes settled (sync; on neonfs, until no
+# flush or merge runs). Then, for each of $ROUNDS rounds, TPC-B (`-c
+# $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`, same options) run
+# on every file system, the order rotating between rounds, each run after
+# the file systems settle again. All Postgres servers stay up; only one runs
+# a workload at a time. Throughput on these shared machines swings by 20%
+# between identical runs, so the ratios reported are the medians of the
+# per-round ratios; the spread of the per-round ratios is printed too,
+# since one round can land 0.1 off. Everything lives in a temp dir under
+# /var/tmp; neonfs builds the binary (or uses $NEONFS_BIN). Everything
+# (Postgres, the daemons, the mounts, the temp dir) is cleaned up on exit.
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
-# LOOPBACK (1), NEONFS_BIN (build from the repo), PGBIN
-# (/usr/lib/postgresql/15/bin).
+# LOOPBACK (1), NATIVE_ODS (1: also native with open_datasync),
+# NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
+# (open_datasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
+# second neonfs volume "neonfs-b" runs with them beside the first),
+# NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -37,6 +49,16 @@ JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-5}
 LOOPBACK=${LOOPBACK:-1}
+NATIVE_ODS=${NATIVE_ODS:-1}
+NEONFS_ARGS=${NEONFS_ARGS:-}
+NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-open_datasync}
+NEONFS_B_ARGS=${NEONFS_B_ARGS:-}
+NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-}
+AB=0
+if [ -n "$NEONFS_B_ARGS" ] || [ -n "$NEONFS_B_WAL_SYNC" ]; then
+	AB=1
+	NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-open_datasync}
+fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts file systems and runs Postgres as postgres)" >&2; exit 1; }
@@ -46,9 +68,8 @@ done
 
 bench_workdir bench
 
-DAEMON_PID=""
+DAEMON_PIDS=()
 LOOP_PID=""
-MNT=$WORK/mnt
 LOOP_MNT=$WORK/loop-mnt
 PGDATAS=()
 
@@ -56,7 +77,7 @@ cleanup() {
 	local rc=$? d
 	set +e
 	for d in "${PGDATAS[@]}"; do stop_postgres "$d"; done
-	[ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
+	for d in "${DAEMON_PIDS[@]}"; do stop_pid "$d"; done
 	[ -n "$LOOP_PID" ] && stop_pid "$LOOP_PID"
 	unmount_and_remove "$WORK"
 	exit $rc
@@ -66,9 +87,10 @@ trap 'exit 130' INT TERM
 
 tps_of() { awk '/^tps = /{print $3; exit}'; }
 
-declare -A PORT
+declare -A PORT INIT
 
-# setup_on LABEL DIR: a loaded, checkpointed database on DIR, left running.
+# setup_on LABEL DIR [WAL_SYNC]: a loaded, checkpointed database on DIR,
+# left running, its Postgres with wal_sync_method=WAL_SYNC (fdatasync).
 setup_on() {
 	local label=$1 dir=$2 pgdata=$2/pgdata port
 	mkdir "$pgdata"
@@ -79,19 +101,22 @@ setup_on() {
 	PORT[$label]=$port
 	echo "bench[$label]: initdb in $pgdata" >&2
 	as_postgres "$PGBIN/initdb" -D "$pgdata" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
-	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port"
-	echo "bench[$label]: pgbench -i -s $SCALE" >&2
-	local t0=$SECONDS
+	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port" "-c wal_sync_method=${3:-fdatasync}"
+	echo "bench[$label]: pgbench -i -s $SCALE (wal_sync_method ${3:-fdatasync})" >&2
+	local t0
+	t0=$(now_ms)
 	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "$port" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
-	echo "bench[$label]: init took $((SECONDS - t0))s" >&2
+	INIT[$label]=$(awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
+	echo "bench[$label]: init took ${INIT[$label]}s" >&2
 	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
 }
 
 # settle: every file system quiet: dirty pages written back (native,
 # loopback) and no flush or merge running (neonfs).
 settle() {
+	local v
 	sync
-	neonfs_settle "$BIN" "$WORK/volume"
+	for v in "$WORK"/volume*; do neonfs_settle "$BIN" "$v"; done
 }
 
 # run_on LABEL ARGS...: prints the TPS of one timed pgbench run.
@@ -107,6 +132,11 @@ run_on() {
 FSES=(native)
 mkdir -m 0755 "$WORK/native"
 setup_on native "$WORK/native"
+if [ "$NATIVE_ODS" = 1 ]; then
+	mkdir -m 0755 "$WORK/native-ods"
+	setup_on native-ods "$WORK/native-ods" open_datasync
+	FSES+=(native-ods)
+fi
 
 if [ "$LOOPBACK" = 1 ]; then
 	echo "bench: building bench/loopback" >&2
@@ -120,13 +150,21 @@ if [ "$LOOPBACK" = 1 ]; then
 fi
 
 neonfs_binary "$WORK"
-"$BIN" init --data "$WORK/volume" >&2
-mkdir -m 0755 "$MNT"
-"$BIN" mount --data "$WORK/volume" "$MNT" >"$LOGS/neonfs.log" 2>&1 &
-DAEMON_PID=$!
-wait_mounted "$MNT" "$DAEMON_PID" "$LOGS/neonfs.log"
-setup_on neonfs "$MNT"
-FSES+=(neonfs)
+# neonfs_on LABEL ARGS WAL_SYNC: a volume of its own, mounted with ARGS.
+neonfs_on() {
+	local label=$1 mnt=$WORK/mnt-$1 pid
+	"$BIN" init --data "$WORK/volume-$label" >&2
+	mkdir -m 0755 "$mnt"
+	# shellcheck disable=SC2086 # ARGS are flags, split on purpose
+	"$BIN" mount --data "$WORK/volume-$label" $2 "$mnt" >"$LOGS/$label.log" 2>&1 &
+	pid=$!
+	DAEMON_PIDS+=("$pid")
+	wait_mounted "$mnt" "$pid" "$LOGS/$label.log"
+	setup_on "$label" "$mnt" "$3"
+	FSES+=("$label")
+}
+neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
+[ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC"
 
 # TPS[workload,fs,round]; pgbench args per workload.
 declare -A TPS
@@ -143,17 +181,25 @@ for r in $(seq 1 "$ROUNDS"); do
 		# shellcheck disable=SC2086 # ARGS is empty or one word
 		for fs in "${order[@]}"; do TPS[$w,$fs,$r]=$(run_on "$fs" ${ARGS[$w]}); done
 		for fs in "${FSES[@]}"; do line+=" $w $fs ${TPS[$w,$fs,$r]};"; done
+		# The faster native of the round: each wal_sync_method at its best.
+		best=${TPS[$w,native,$r]}
+		if [ "$NATIVE_ODS" = 1 ]; then
+			best=$(awk -v a="$best" -v b="${TPS[$w,native-ods,$r]}" 'BEGIN { print (b > a ? b : a) }')
+		fi
+		TPS[$w,native-best,$r]=$best
 	done
 	echo "$line" >&2
 done
 
 for d in "${PGDATAS[@]}"; do pg_stop "$d"; done
 PGDATAS=()
-kill -TERM "$DAEMON_PID"
-if ! wait "$DAEMON_PID"; then
-	echo "bench: warning: neonfs did not exit 0 on SIGTERM" >&2
-fi
-DAEMON_PID=""
+for d in "${DAEMON_PIDS[@]}"; do
+	kill -TERM "$d"
+	if ! wait "$d"; then
+		echo "bench: warning: a neonfs daemon did not exit 0 on SIGTERM" >&2
+	fi
+done
+DAEMON_PIDS=()
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 
@@ -161,13 +207,25 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 spread() { printf '%s\n' "$@" | sort -g | sed -n '1p;$p' | paste -sd' '; }
 
-# The ratios printed: each FUSE file system against native, and neonfs
-# against the loopback.
-PAIRS=("neonfs native")
+# The ratios printed: neonfs against the best native and each native,
+# the loopback against native (both on fdatasync), neonfs against the
+# loopback, and the A/B.
+PAIRS=("neonfs native-best" "neonfs native")
+[ "$NATIVE_ODS" = 1 ] && PAIRS+=("neonfs native-ods")
 [ "$LOOPBACK" = 1 ] && PAIRS+=("loopback native" "neonfs loopback")
+[ "$AB" = 1 ] && PAIRS+=("neonfs-b native-best" "neonfs neonfs-b")
 
 echo
 echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
+echo "neonfs: wal_sync_method $NEONFS_WAL_SYNC, flags '${NEONFS_ARGS}'"
+[ "$AB" = 1 ] && echo "neonfs-b: wal_sync_method $NEONFS_B_WAL_SYNC, flags '${NEONFS_B_ARGS}'"
+line="pgbench -i -s $SCALE seconds:"
+for fs in "${FSES[@]}"; do line+=" $fs ${INIT[$fs]};"; done
+echo "$line"
+for fs in "${FSES[@]}"; do
+	[[ $fs == native* ]] && continue
+	echo "init $fs/native: $(ratio "${INIT[$fs]}" "${INIT[native]}")$([ "$NATIVE_ODS" = 1 ] && echo ", $fs/native-ods: $(ratio "${INIT[$fs]}" "${INIT[native-ods]}")")"
+done
 header=$(printf '%-12s %6s' workload round)
 for fs in "${FSES[@]}"; do header+=$(printf ' %10s' "$fs"); done
 for p in "${PAIRS[@]}"; do header+=$(printf ' %16s' "${p/ //}"); done

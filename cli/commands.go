@@ -156,6 +156,21 @@ func volumeFlags() []ucli.Flag {
 	}
 }
 
+// fuseFlags tune the FUSE connection of every mount the daemon makes.
+func fuseFlags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.BoolFlag{Name: "wal-direct-io", Value: true, Usage: "Postgres WAL segments (files in pg_wal) bypass the page cache, and a write through an O_DSYNC handle returns once committed: with wal_sync_method=open_datasync (endpoints set it) a commit is one FUSE round trip"},
+		&ucli.IntFlag{Name: "max-background", Value: 0, Usage: "the kernel's limit of background FUSE requests in flight (writeback, readahead); 0 keeps the kernel's 12"},
+	}
+}
+
+func fuseTuning(c *ucli.Context) (daemon.FUSETuning, error) {
+	if mb := c.Int("max-background"); mb < 0 || mb > 65535 {
+		return daemon.FUSETuning{}, fmt.Errorf("--max-background %d: want 0 (the kernel's default) to 65535", mb)
+	}
+	return daemon.FUSETuning{WALDirectIO: c.Bool("wal-direct-io"), MaxBackground: c.Int("max-background")}, nil
+}
+
 func volumeOptions(c *ucli.Context) (volume.Options, error) {
 	for _, f := range []string{"cache-mb", "flush-mb", "reserve-mb", "max-unflushed-mb", "layer-cache-mb"} {
 		if c.Int(f) <= 0 {
@@ -191,7 +206,7 @@ func mountCommand() *ucli.Command {
 			&ucli.BoolFlag{Name: "writeback-cache", Value: true, Usage: "let the kernel page cache absorb writes until fsync"},
 			&ucli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 			metricsFlag,
-		}, volumeFlags()...),
+		}, append(volumeFlags(), fuseFlags()...)...),
 		Action: runMount,
 	}
 }
@@ -206,6 +221,10 @@ func runMount(c *ucli.Context) error {
 	}
 	dir := c.String("data")
 	opts, err := volumeOptions(c)
+	if err != nil {
+		return err
+	}
+	tuning, err := fuseTuning(c)
 	if err != nil {
 		return err
 	}
@@ -245,6 +264,7 @@ func runMount(c *ucli.Context) error {
 		return fmt.Errorf("open volume: %w", err)
 	}
 	d := daemon.New(dir, vol, c.Bool("fuse-debug"))
+	d.SetFUSE(tuning)
 	stopMetrics, err := startMetrics(d, c.String("metrics"))
 	if err != nil {
 		vol.Close()

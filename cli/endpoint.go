@@ -32,13 +32,17 @@ func serveCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "run-dir", Usage: "where endpoint branches are mounted and Postgres sockets live (default /run/neonfs/<volume dir name>)"},
 			&ucli.BoolFlag{Name: "fuse-debug", Usage: "log every FUSE request"},
 			metricsFlag,
-		}, volumeFlags()...),
+		}, append(volumeFlags(), fuseFlags()...)...),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
 			dir := c.String("data")
 			opts, err := volumeOptions(c)
+			if err != nil {
+				return err
+			}
+			tuning, err := fuseTuning(c)
 			if err != nil {
 				return err
 			}
@@ -65,6 +69,7 @@ func serveCommand() *ucli.Command {
 				return fmt.Errorf("open volume: %w", err)
 			}
 			d := daemon.New(dir, vol, c.Bool("fuse-debug"))
+			d.SetFUSE(tuning)
 			d.Inherit(daemon.SystemdListeners()) // neonfs@VOLUME.socket's, if any
 			if err := d.EnableEndpoints(runDir); err != nil {
 				return errors.Join(err, vol.Close())

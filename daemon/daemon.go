@@ -31,6 +31,7 @@ type Daemon struct {
 	dir   string
 	vol   *volume.Volume
 	debug bool
+	fuse  FUSETuning
 
 	// requests counts the FUSE requests of all the mounts, by opcode.
 	requests hist.Timings
@@ -69,6 +70,21 @@ type MountReply struct {
 	ReadOnly   bool   `json:"read_only"`
 	Pid        int    `json:"pid"`
 }
+
+// FUSETuning is how this daemon's mounts talk to the kernel.
+type FUSETuning struct {
+	// WALDirectIO: WAL segments bypass the page cache and a write through
+	// an O_DSYNC handle returns committed (fusefs.Options.WALDirectIO);
+	// endpoints then run Postgres with wal_sync_method=open_datasync
+	// unless their settings say otherwise.
+	WALDirectIO bool
+	// MaxBackground is the kernel's limit of background requests
+	// (writeback, readahead) in flight; 0 leaves the kernel's 12.
+	MaxBackground int
+}
+
+// SetFUSE sets the tuning of the mounts made from now on.
+func (d *Daemon) SetFUSE(t FUSETuning) { d.fuse = t }
 
 // New returns a daemon for the open volume in dir.
 func New(dir string, vol *volume.Volume, debug bool) *Daemon {
@@ -125,7 +141,8 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountReply, error
 	}
 	bfs.SetMountpoint(mnt)
 	srv, err := fusefs.Mount(bfs, mnt, fusefs.Options{
-		WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug, Requests: &d.requests})
+		WritebackCache: req.Writeback && !bfs.ReadOnly(), Debug: d.debug, Requests: &d.requests,
+		WALDirectIO: d.fuse.WALDirectIO, MaxBackground: d.fuse.MaxBackground})
 	if err != nil {
 		return MountReply{}, errors.Join(err, d.vol.Unmount(bfs))
 	}

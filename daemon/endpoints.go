@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -304,9 +305,18 @@ func (d *Daemon) startEndpoint(spec EndpointSpec) error {
 		return fmt.Errorf("listen on %s: %w", spec.Listen, err)
 	}
 	spec.Listen = ln.Addr().String()
+	conf := maps.Clone(spec.Conf)
+	if _, set := conf["wal_sync_method"]; !set && d.fuse.WALDirectIO {
+		if conf == nil {
+			conf = map[string]string{}
+		}
+		// One FUSE round trip per WAL flush (fusefs walFile) where
+		// fdatasync costs a WRITE and an FSYNC.
+		conf["wal_sync_method"] = "open_datasync"
+	}
 	ep := endpoint.New(endpoint.Config{Branch: spec.Branch, SuspendAfter: suspend, Stopped: spec.Stopped,
 		PG: pgserve.Config{BinDir: spec.PGBin, SocketDir: d.socketDir(spec.Branch),
-			Password: password, Trust: spec.Trust, Conf: spec.Conf}},
+			Password: password, Trust: spec.Trust, Conf: conf}},
 		&branchMounter{d: d, branch: spec.Branch})
 	var hs *sqlproxy.HTTPServer
 	if spec.HTTP != "" {

@@ -36,6 +36,13 @@ type Options struct {
 	// is called on every request, so Add must be cheap and safe for
 	// concurrent use. One recorder may serve several mounts.
 	Requests fuse.LatencyMap
+	// WALDirectIO opens Postgres WAL segments (files in a directory named
+	// pg_wal) with FOPEN_DIRECT_IO, and makes a write through a handle
+	// opened O_DSYNC return once committed (see walFile).
+	WALDirectIO bool
+	// MaxBackground is the kernel's limit of background requests
+	// (writeback, readahead, async reads) in flight; 0 is its default, 12.
+	MaxBackground int
 }
 
 // DefaultReadAheadKB: a sequential read of a cold 512 MiB file went from
@@ -74,6 +81,7 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 			DirectMount:   true,
 			DisableXAttrs: true,
 			MaxWrite:      1 << 20,
+			MaxBackground: o.MaxBackground,
 			Debug:         o.Debug,
 		},
 		// The daemon is the only writer of a mounted branch, so the kernel can
@@ -93,7 +101,7 @@ func Mount(bfs *volume.BranchFS, mountpoint string, o Options) (*fuse.Server, er
 		opts.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
 	// fs.Mount, with the request counter around the node bridge.
-	raw := fs.NewNodeFS(&node{bfs: bfs}, opts)
+	raw := fs.NewNodeFS(&node{bfs: bfs, walDirect: o.WALDirectIO}, opts)
 	if o.Requests != nil {
 		raw = &timedFS{RawFileSystem: raw, rec: o.Requests}
 	}

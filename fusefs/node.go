@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/neonfs/neonfs/volume"
 )
 
@@ -18,6 +19,8 @@ import (
 type node struct {
 	fs.Inode
 	bfs *volume.BranchFS
+	// walDirect: open WAL segments with FOPEN_DIRECT_IO (Options.WALDirectIO).
+	walDirect bool
 }
 
 var (
@@ -62,7 +65,7 @@ func fillAttr(out *fuse.Attr, ino uint64, a volume.Attr) {
 
 func (n *node) child(ctx context.Context, ino uint64, a volume.Attr, out *fuse.EntryOut) *fs.Inode {
 	fillAttr(&out.Attr, ino, a)
-	return n.NewInode(ctx, &node{bfs: n.bfs}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: ino})
+	return n.NewInode(ctx, &node{bfs: n.bfs, walDirect: n.walDirect}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: ino})
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -134,6 +137,9 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
+	if n.walDirect && isWALDir(n.EmbeddedInode()) {
+		return in, walHandle(flags), fuse.FOPEN_DIRECT_IO, 0
+	}
 	return in, nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -194,11 +200,43 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 
 // Open keeps the kernel's page cache across opens: this daemon is the only
 // writer of the branch, so cached pages cannot go stale behind its back.
+// WAL segments are the exception (walFile).
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if n.bfs.ReadOnly() && flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if n.walDirect {
+		if _, parent := n.Parent(); parent != nil && isWALDir(parent) {
+			return walHandle(flags), fuse.FOPEN_DIRECT_IO, 0
+		}
+	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// walFile is an open handle of a file in a directory named pg_wal: a
+// Postgres WAL segment (or its temporary while it is zero-filled). Every
+// handle of such a file bypasses the kernel's page cache
+// (FOPEN_DIRECT_IO), so each write(2) reaches the daemon as it is made:
+// without the writeback cache's SETATTR for mtime before each fsync, and,
+// when Postgres opened the segment O_DSYNC (wal_sync_method =
+// open_datasync), as one WRITE that returns once committed: a commit
+// costs one FUSE round trip instead of WRITE, SETATTR and FSYNC. All of
+// a WAL file's handles are direct, never some cached and some not, so no
+// stale cached page can hide a direct write (walsenders reread the last,
+// growing page). fsync/fdatasync on them stays a barrier: it waits for
+// the file's last change like any other.
+type walFile struct{ dsync bool }
+
+func walHandle(openFlags uint32) *walFile {
+	// O_SYNC is O_DSYNC plus a bit; both make every write durable.
+	return &walFile{dsync: openFlags&syscall.O_DSYNC != 0}
+}
+
+// isWALDir reports whether dir is named pg_wal (where Postgres keeps its
+// WAL, whatever the data directory's place on the mount).
+func isWALDir(dir *fs.Inode) bool {
+	name, _ := dir.Parent()
+	return name == "pg_wal"
 }
 
 // Read serves any handle, write-only ones included: with writeback caching
@@ -212,6 +250,10 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 }
 
 func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if w, ok := f.(*walFile); ok && w.dsync {
+		cnt, errno := n.bfs.WriteSync(n.ino(), data, off)
+		return uint32(cnt), errno
+	}
 	cnt, errno := n.bfs.Write(n.ino(), data, off)
 	return uint32(cnt), errno
 }

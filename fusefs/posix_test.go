@@ -14,6 +14,13 @@ import (
 // mountpoint. It skips when FUSE cannot be mounted here.
 func mountVolume(t *testing.T, opts Options) string {
 	t.Helper()
+	mnt, _ := mountVolumeOpen(t, opts)
+	return mnt
+}
+
+// mountVolumeOpen is mountVolume, with the open volume.
+func mountVolumeOpen(t *testing.T, opts Options) (string, *volume.Volume) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount FUSE")
 	}
@@ -50,7 +57,7 @@ func mountVolume(t *testing.T, opts Options) string {
 			t.Errorf("close: %v", err)
 		}
 	})
-	return mnt
+	return mnt, vol
 }
 
 // notApplicable lists posixtest cases for features neonfs leaves out on

@@ -56,7 +56,9 @@ func (w *ledgerWriter) run(ctx context.Context, connString string, cycle int, ne
 // children) and the file system daemon at a random moment while a ledger
 // writer and pgbench are running, then restarts both and checks that Postgres
 // recovers, pg_amcheck is clean, the pgbench balances agree and every
-// acknowledged ledger id is there.
+// acknowledged ledger id is there. Cycles alternate Postgres's
+// wal_sync_method between open_datasync (each WAL write one direct WRITE
+// that returns committed: what endpoints run) and fdatasync.
 func TestCrashRecovery(t *testing.T) {
 	requireE2E(t)
 	requirePostgres(t)
@@ -75,6 +77,8 @@ func TestCrashRecovery(t *testing.T) {
 
 	tg := newTarget(t)
 	pg := initPostgres(t, tg.Dir())
+	walSync := func(cycle int) string { return [...]string{"open_datasync", "fdatasync"}[(cycle-1)%2] }
+	pg.WALSync = walSync(1)
 	pg.Start(t)
 	pg.Psql(t, "CREATE TABLE ledger (id bigint PRIMARY KEY, cycle int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
 	pg.Pgbench(t, "-i", "-s", "2", "-q")
@@ -131,8 +135,8 @@ func TestCrashRecovery(t *testing.T) {
 		cancel()
 		benchErr := waitCmd(bench, time.Minute)
 		benchCancel()
-		t.Logf("cycle %d: killed after %v (%s first, took %v); ledger acked %d ids this cycle (writer stopped with: %v); pgbench exit: %v",
-			cycle, delay.Round(time.Millisecond), map[bool]string{true: "daemon", false: "postgres"}[daemonFirst],
+		t.Logf("cycle %d (wal_sync_method %s): killed after %v (%s first, took %v); ledger acked %d ids this cycle (writer stopped with: %v); pgbench exit: %v",
+			cycle, walSync(cycle), delay.Round(time.Millisecond), map[bool]string{true: "daemon", false: "postgres"}[daemonFirst],
 			killTook.Round(time.Millisecond), len(w.acked), w.lastErr, benchErr)
 		if len(w.acked) == 0 {
 			t.Logf("cycle %d: warning: no ledger insert was acknowledged before the crash", cycle)
@@ -141,6 +145,7 @@ func TestCrashRecovery(t *testing.T) {
 
 		tg.Restart(t)
 		recStart := time.Now()
+		pg.WALSync = walSync(cycle + 1)
 		pg.Start(t)
 		t.Logf("cycle %d: remount + crash recovery took %v", cycle, time.Since(recStart).Round(time.Millisecond))
 

@@ -26,6 +26,9 @@ type Postgres struct {
 	Data   string // data directory, <target>/pgdata
 	RunDir string // unix socket directory and logs, owned by postgres
 	Port   int    // TCP port on 127.0.0.1
+	// WALSync is the server's wal_sync_method from the next Start on;
+	// Postgres's default (fdatasync) when empty.
+	WALSync string
 
 	uid, gid int
 	pid      int // postmaster pid while running
@@ -134,7 +137,12 @@ func (p *Postgres) run(t *testing.T, timeout time.Duration, name string, args ..
 func (p *Postgres) logPath() string { return filepath.Join(p.RunDir, "postgres.log") }
 
 func (p *Postgres) serverOptions() string {
+	walSync := p.WALSync
+	if walSync == "" {
+		walSync = "fdatasync"
+	}
 	return strings.Join([]string{
+		"-c wal_sync_method=" + walSync,
 		"-c port=" + strconv.Itoa(p.Port),
 		"-c listen_addresses=127.0.0.1",
 		"-c unix_socket_directories=" + p.RunDir,
