@@ -80,6 +80,12 @@ const (
 	// records go through SetBig/GetBig.
 	layerCacheMaxEntry = 64 << 10
 
+	// A record of more versions than layerHeadMinVersions, or of more than
+	// one version and more bytes than layerHeadMinRecord (two pages), gets
+	// its newest version cached on its own (Layer.storeHead).
+	layerHeadMinVersions = 4
+	layerHeadMinRecord   = 2 * BlockSize
+
 	// valS2 is the on-disk kind of a compressed ValData value. Decoded
 	// records keep it until a value is handed out (inflate), so a read
 	// decompresses only the version it returns and a merge copies

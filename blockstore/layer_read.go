@@ -217,8 +217,19 @@ func layerCacheIsBig(ck []byte, n uint32) bool {
 // A key rewritten often has a record of many versions (hundreds of KiB),
 // while nearly every read wants the newest. That version is cached on its
 // own (LSN, kind, data), taken from a verified record, so such a read
-// neither copies nor re-checks the whole record.
+// neither copies nor re-checks the whole record. Only big records get it
+// (more than layerHeadMinVersions versions or layerHeadMinRecord bytes,
+// see wantHead): a record of a few versions (most pages: written, then
+// rewritten once by VACUUM or a checkpoint) is checked and parsed in a
+// microsecond, while a cached head is a second, inflated copy of the page,
+// 8 KiB more block cache per cold read (measured: a quarter of the
+// daemon's CPU during a cold `pgbench -S`, most of it faulting in fresh
+// cache memory).
 func (l *Layer) headKey(off uint64) []byte { return append(l.cacheKey(off), 'h') }
+
+func wantHead(e *layerIndexEntry, versions int) bool {
+	return versions > layerHeadMinVersions || versions > 1 && e.n > layerHeadMinRecord
+}
 
 func (l *Layer) headCached(e *layerIndexEntry, maxLSN uint64) (Version, bool) {
 	if l.cache == nil {
@@ -461,7 +472,7 @@ func (l *Layer) Get(ctx context.Context, key Key, maxLSN uint64) (Version, bool,
 			if err != nil {
 				return Version{}, false, err
 			}
-			if i == 0 && len(vs) > 1 {
+			if i == 0 && wantHead(&e, len(vs)) {
 				l.storeHead(&e, v)
 			}
 			return v, true, nil

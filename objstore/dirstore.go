@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,13 +34,18 @@ type DirStore struct {
 	// 8 KiB read from a layer.
 	mu  sync.Mutex
 	fds map[string]*openObject
+
+	around readAround // small reads that miss the page cache (readaround.go)
 }
 
 type openObject struct {
 	f    *os.File
+	fd   int // f's descriptor, valid while refs > 0
 	size int64
 	refs int  // readers using f; the cache holds one reference
 	gone bool // evicted: close when the last reader is done
+
+	windows []atomic.Uint32 // read-around state of each window (readaround.go)
 }
 
 const maxOpenObjects = 256
@@ -72,7 +78,7 @@ func (s *DirStore) acquire(op, name string) (*openObject, error) {
 		}
 		s.evictLocked(k)
 	}
-	o := &openObject{f: f, size: size, refs: 2}
+	o := &openObject{f: f, fd: int(f.Fd()), size: size, refs: 2, windows: make([]atomic.Uint32, windowsOf(size))}
 	s.fds[name] = o
 	return o, nil
 }
@@ -359,6 +365,9 @@ func (s *DirStore) ReadRange(ctx context.Context, name string, off, n int64, buf
 		return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond size %d: %w", name, off, off, n, size, ErrCorrupt)
 	}
 	b := RangeBuffer(buf, n)
+	if n < readAroundBytes && s.around.read(o, off, b) {
+		return b, nil
+	}
 	if _, err := f.ReadAt(b, off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("get object %s: range [%d, %d+%d) beyond end of file: %w", name, off, off, n, ErrCorrupt)
