@@ -38,7 +38,9 @@
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
 # (open_datasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
 # second neonfs volume "neonfs-b" runs with them beside the first),
-# NEONFS_BIN (build from the repo), PGBIN (/usr/lib/postgresql/15/bin).
+# PG_EXTRA (more postgres options for every server, e.g. "-c
+# checkpoint_timeout=30s" for a checkpoint-heavy run), NEONFS_BIN (build
+# from the repo), PGBIN (/usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -54,6 +56,7 @@ NEONFS_ARGS=${NEONFS_ARGS:-}
 NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-open_datasync}
 NEONFS_B_ARGS=${NEONFS_B_ARGS:-}
 NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-}
+PG_EXTRA=${PG_EXTRA:-}
 AB=0
 if [ -n "$NEONFS_B_ARGS" ] || [ -n "$NEONFS_B_WAL_SYNC" ]; then
 	AB=1
@@ -101,7 +104,7 @@ setup_on() {
 	PORT[$label]=$port
 	echo "bench[$label]: initdb in $pgdata" >&2
 	as_postgres "$PGBIN/initdb" -D "$pgdata" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
-	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port" "-c wal_sync_method=${3:-fdatasync}"
+	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port" "-c wal_sync_method=${3:-fdatasync} $PG_EXTRA"
 	echo "bench[$label]: pgbench -i -s $SCALE (wal_sync_method ${3:-fdatasync})" >&2
 	local t0
 	t0=$(now_ms)
@@ -219,6 +222,7 @@ echo
 echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
 echo "neonfs: wal_sync_method $NEONFS_WAL_SYNC, flags '${NEONFS_ARGS}'"
 [ "$AB" = 1 ] && echo "neonfs-b: wal_sync_method $NEONFS_B_WAL_SYNC, flags '${NEONFS_B_ARGS}'"
+[ -n "$PG_EXTRA" ] && echo "every Postgres: $PG_EXTRA"
 line="pgbench -i -s $SCALE seconds:"
 for fs in "${FSES[@]}"; do line+=" $fs ${INIT[$fs]};"; done
 echo "$line"
