@@ -114,10 +114,15 @@ setup_on() {
 	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
 }
 
-# settle: every file system quiet: dirty pages written back (native,
-# loopback) and no flush or merge running (neonfs).
+# settle: every file system quiet: a CHECKPOINT on every server (so no
+# spread checkpoint of the previous run keeps writing through the next
+# one, and every run starts from the same state), dirty pages written back
+# (native, loopback) and no flush or merge running (neonfs).
 settle() {
-	local v
+	local v fs
+	for fs in "${FSES[@]}"; do
+		as_postgres "$PGBIN/psql" -h "$SOCK" -p "${PORT[$fs]}" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
+	done
 	sync
 	for v in "$WORK"/volume*; do neonfs_settle "$BIN" "$v"; done
 }
