@@ -25,9 +25,7 @@ RUNS=${RUNS:-5}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system and runs Postgres as postgres)" >&2; exit 1; }
-for b in initdb postgres pgbench psql; do
-	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
-done
+need_pg initdb postgres pgbench psql
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "bench: RUNS=$RUNS: want a positive count" >&2; exit 1; }
 
 bench_workdir branch-endpoint

@@ -77,9 +77,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 GOAL_MS=5000
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts file systems, kills daemons and runs Postgres as postgres)" >&2; exit 1; }
-for b in initdb pg_ctl pgbench psql; do
-	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
-done
+need_pg initdb pg_ctl pgbench psql
 command -v jq >/dev/null || { echo "bench: jq not found (apt-get install jq)" >&2; exit 1; }
 for v in SCALE CLIENTS JOBS DURATION ROUNDS FAILOVERS; do
 	[ "${!v}" -ge 1 ] 2>/dev/null || { echo "bench: $v=${!v}: want a positive count" >&2; exit 1; }

@@ -52,9 +52,7 @@ WARM_N=${WARM_N:-20}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts file systems, drops caches and runs Postgres as postgres)" >&2; exit 1; }
-for b in initdb pg_ctl pgbench psql; do
-	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
-done
+need_pg initdb pg_ctl pgbench psql
 [ "$RUNS" -ge 1 ] 2>/dev/null || { echo "bench: RUNS=$RUNS: want a positive count" >&2; exit 1; }
 for v in $VARIANTS; do
 	case $v in warm | dropped) ;; *) echo "bench: VARIANTS: $v: want warm and/or dropped" >&2; exit 1 ;; esac

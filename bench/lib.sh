@@ -12,6 +12,22 @@ bench_workdir() {
 	chown postgres:postgres "$SOCK" "$LOGS"
 }
 
+# need_pg BINARY...: exits unless each Postgres binary is in $PGBIN.
+need_pg() {
+	local b
+	for b in "$@"; do
+		[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
+	done
+}
+
+# need_tools TOOL...: exits unless each tool is in PATH.
+need_tools() {
+	local b
+	for b in "$@"; do
+		command -v "$b" >/dev/null || { echo "bench: $b not found (apt-get install $b)" >&2; exit 1; }
+	done
+}
+
 as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }

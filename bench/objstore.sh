@@ -53,12 +53,8 @@ BUCKET=neonfs-bench
 REGION=us-east-1
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system, drops the page cache and runs Postgres as postgres)" >&2; exit 1; }
-for b in initdb pg_ctl pgbench psql; do
-	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
-done
-for b in curl jq; do
-	command -v "$b" >/dev/null || { echo "bench: $b not found (apt-get install $b)" >&2; exit 1; }
-done
+need_pg initdb pg_ctl pgbench psql
+need_tools curl jq
 for v in SCALE CLIENTS JOBS DURATION; do
 	[ "${!v}" -ge 1 ] 2>/dev/null || { echo "bench: $v=${!v}: want a positive count" >&2; exit 1; }
 done

@@ -65,9 +65,7 @@ fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts file systems and runs Postgres as postgres)" >&2; exit 1; }
-for b in initdb pg_ctl pgbench; do
-	[ -x "$PGBIN/$b" ] || { echo "bench: $PGBIN/$b not found; run scripts/deps.sh" >&2; exit 1; }
-done
+need_pg initdb pg_ctl pgbench
 
 bench_workdir bench
 
