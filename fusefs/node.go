@@ -250,11 +250,14 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 }
 
 func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if w, ok := f.(*walFile); ok && w.dsync {
-		cnt, errno := n.bfs.WriteSync(n.ino(), data, off)
-		return uint32(cnt), errno
+	write := n.bfs.Write
+	if w, ok := f.(*walFile); ok {
+		write = n.bfs.WriteDirect
+		if w.dsync {
+			write = n.bfs.WriteSync
+		}
 	}
-	cnt, errno := n.bfs.Write(n.ino(), data, off)
+	cnt, errno := write(n.ino(), data, off)
 	return uint32(cnt), errno
 }
 
