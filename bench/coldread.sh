@@ -43,7 +43,7 @@
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
 # HEAD (5: seconds of the "first seconds" TPS), READS (2000), NEONFS_ARGS
-# (extra `neonfs mount` flags), NEONFS_WAL_SYNC (open_datasync, as
+# (extra `neonfs mount` flags), NEONFS_WAL_SYNC (fdatasync, as
 # endpoints run), NEONFS_BIN (build from the repo), PGBIN
 # (/usr/lib/postgresql/15/bin).
 set -euo pipefail
@@ -58,7 +58,7 @@ ROUNDS=${ROUNDS:-5}
 HEAD=${HEAD:-5}
 READS=${READS:-2000}
 NEONFS_ARGS=${NEONFS_ARGS:-}
-NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-open_datasync}
+NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-fdatasync}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it mounts a file system, drops the page cache and runs Postgres as postgres)" >&2; exit 1; }

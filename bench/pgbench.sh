@@ -13,12 +13,12 @@
 # cache, xattrs off, long timeouts): it is the floor FUSE itself sets, so
 # neonfs/loopback is what neonfs's own work (the log, the block map) costs.
 #
-# neonfs runs Postgres with wal_sync_method=open_datasync, as its
-# endpoints do (one FUSE round trip per WAL flush, see fusefs walFile), so
-# native ext4 runs twice, once with each method ("native" with Postgres's
-# default fdatasync, "native-ods" with open_datasync), and the headline
-# ratio is against the faster of the two in each round ("native-best"):
-# every file system gets its own fastest method.
+# neonfs runs Postgres with wal_sync_method=$NEONFS_WAL_SYNC (fdatasync,
+# Postgres's default, as its endpoints do). Native ext4 also runs with
+# open_datasync when NATIVE_ODS=1 ("native-ods"), and the headline ratio
+# is against the faster of the two in each round ("native-best"): when
+# neonfs runs open_datasync (one FUSE round trip per WAL flush, see
+# fusefs walFile), every file system gets its own fastest method.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "init"
 # line), CHECKPOINT, and its writes settled (sync; on neonfs, until no
@@ -34,9 +34,9 @@
 # (Postgres, the daemons, the mounts, the temp dir) is cleaned up on exit.
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
-# LOOPBACK (1), NATIVE_ODS (1: also native with open_datasync),
+# LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync),
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
-# (open_datasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
+# (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
 # second neonfs volume "neonfs-b" runs with them beside the first),
 # PG_EXTRA (more postgres options for every server, e.g. "-c
 # checkpoint_timeout=30s" for a checkpoint-heavy run), NEONFS_BIN (build
@@ -51,16 +51,16 @@ JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-5}
 LOOPBACK=${LOOPBACK:-1}
-NATIVE_ODS=${NATIVE_ODS:-1}
+NATIVE_ODS=${NATIVE_ODS:-0}
 NEONFS_ARGS=${NEONFS_ARGS:-}
-NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-open_datasync}
+NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-fdatasync}
 NEONFS_B_ARGS=${NEONFS_B_ARGS:-}
 NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-}
 PG_EXTRA=${PG_EXTRA:-}
 AB=0
 if [ -n "$NEONFS_B_ARGS" ] || [ -n "$NEONFS_B_WAL_SYNC" ]; then
 	AB=1
-	NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-open_datasync}
+	NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-$NEONFS_WAL_SYNC}
 fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 

@@ -74,9 +74,7 @@ type MountReply struct {
 // FUSETuning is how this daemon's mounts talk to the kernel.
 type FUSETuning struct {
 	// WALDirectIO: WAL segments bypass the page cache and a write through
-	// an O_DSYNC handle returns committed (fusefs.Options.WALDirectIO);
-	// endpoints then run Postgres with wal_sync_method=open_datasync
-	// unless their settings say otherwise.
+	// an O_DSYNC handle returns committed (fusefs.Options.WALDirectIO).
 	WALDirectIO bool
 	// MaxBackground is the kernel's limit of background requests
 	// (writeback, readahead) in flight; 0 leaves the kernel's 12.
