@@ -182,7 +182,10 @@ func appendLayer(buf []byte, entries []Entry, minLSN, maxLSN uint64, counts *lay
 	}
 
 	if need := size + len(entries)*(8+layerMinIndexEntryLen+8) + layerFooterLen; cap(buf) < need {
-		buf = make([]byte, 0, need)
+		// A quarter more than this layer needs, so the next flush, a
+		// little larger, reuses the buffer (Store.keepBuf) instead of
+		// zeroing and faulting in a fresh 100+ MiB.
+		buf = make([]byte, 0, need+need/4)
 	}
 	lw := &layerWriter{buf: buf[:0], compress: compress, counts: counts}
 	vs := make([]Version, 0, 16)
