@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
@@ -100,6 +101,52 @@ type walStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
 	dir  string
+
+	// stored maps the first byte of a proposal's data to the callback
+	// ApplyDurable registered for it: StoreLogs calls it once raft-wal has
+	// written and fsynced the entry. On the leader raft hands StoreLogs
+	// the proposer's own slice, so its address names the proposal.
+	storedMu sync.Mutex
+	stored   map[*byte]func()
+}
+
+// StoreLogs is raft-wal's, then tells the proposers waiting in
+// ApplyDurable that their entries are on disk.
+func (s *walStore) StoreLogs(logs []*raft.Log) error {
+	if err := s.WAL.StoreLogs(logs); err != nil {
+		return err
+	}
+	s.storedMu.Lock()
+	defer s.storedMu.Unlock()
+	if len(s.stored) == 0 {
+		return nil
+	}
+	for _, l := range logs {
+		if len(l.Data) == 0 {
+			continue
+		}
+		k := unsafe.SliceData(l.Data)
+		if f, ok := s.stored[k]; ok {
+			delete(s.stored, k)
+			f()
+		}
+	}
+	return nil
+}
+
+func (s *walStore) onStored(data []byte, f func()) {
+	s.storedMu.Lock()
+	defer s.storedMu.Unlock()
+	if s.stored == nil {
+		s.stored = map[*byte]func(){}
+	}
+	s.stored[unsafe.SliceData(data)] = f
+}
+
+func (s *walStore) forget(data []byte) {
+	s.storedMu.Lock()
+	defer s.storedMu.Unlock()
+	delete(s.stored, unsafe.SliceData(data))
 }
 
 func openWAL(dir string) (*walStore, error) {
@@ -313,6 +360,22 @@ func (n *Node) Apply(data []byte) (uint64, any, error) {
 		}
 	}
 	return n.forward(data)
+}
+
+// ApplyDurable is Apply that also calls durable (at most once, from
+// raft's leader loop: it must not block) as soon as the entry is written
+// and fsynced in this node's log, before it is applied. On a single-voter
+// node that is when the entry is committed: no other node can be elected
+// to truncate it, and a restart replays it. A cluster node needs a quorum
+// for that, so there it never calls durable and Apply's return is the
+// signal.
+func (n *Node) ApplyDurable(data []byte, durable func()) (uint64, any, error) {
+	if n.mux != nil || len(data) == 0 {
+		return n.Apply(data)
+	}
+	n.store.onStored(data, durable)
+	defer n.store.forget(data)
+	return n.applyLocal(data)
 }
 
 func (n *Node) applyLocal(data []byte) (uint64, any, error) {

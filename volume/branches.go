@@ -86,7 +86,7 @@ func (v *Volume) resolvePoint(point string, b *snapshot.Branch) (uint64, error) 
 		return 0, err
 	}
 	tl := v.fsm.TimelineClone()
-	applied := max(v.fsm.Applied(), v.store.Applied())
+	applied := v.appliedLSN()
 	if lsn == 0 {
 		if t.After(now) {
 			return 0, fmt.Errorf("point %s is in the future", t.UTC().Format(time.RFC3339))

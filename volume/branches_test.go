@@ -165,7 +165,7 @@ func TestBranchResetRestoreAndTimeTravel(t *testing.T) {
 	dir := testVolume(t)
 	v, main := open(t, dir, Options{})
 	writeFile(t, main, "f", "v1")
-	lsn1 := v.store.Applied()
+	lsn1 := v.appliedLSN()
 	time.Sleep(30 * time.Millisecond) // past one timeline bucket
 	t1 := time.Now()
 	time.Sleep(30 * time.Millisecond)

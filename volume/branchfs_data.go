@@ -365,9 +365,9 @@ func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall
 	return errno
 }
 
-// Fsync returns once every change to ino so far is committed and applied
-// (with datasync, every change but timestamps, mode and owner). A
-// directory's seq covers its entries, since every entry change also
+// Fsync returns once every change to ino so far is committed (with
+// datasync, every change but timestamps, mode and owner). A directory's
+// seq covers its entries, since every entry change also
 // rewrites the directory inode. Every call is timed into the fsync
 // histogram, those with nothing left to wait for too: that is what the
 // caller sees.

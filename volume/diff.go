@@ -141,7 +141,7 @@ func (v *Volume) Diff(ctx context.Context, a, b string) (Diff, error) {
 		return Diff{}, fmt.Errorf("no branch %q", b)
 	}
 	linA, linB := tree.Lineage(ba.ID, math.MaxUint64), tree.Lineage(bb.ID, math.MaxUint64)
-	applied := max(v.fsm.Applied(), v.store.Applied())
+	applied := v.appliedLSN()
 	for _, lin := range [][]blockstore.ReadPoint{linA, linB} {
 		lin[0].MaxLSN = applied // a live branch reads up to what is applied
 	}

@@ -53,6 +53,7 @@ type Metrics struct {
 
 // Metrics takes the volume's counters and gauges.
 func (v *Volume) Metrics() Metrics {
+	v.settle() // first: the counters then cover every fsync returned
 	m := Metrics{Commits: v.commit.CommitStats(), Fsyncs: v.fsyncs.Snapshot(), SyncWrites: v.syncWrites.Snapshot(),
 		CommittedLSN: v.store.Applied(), Flushing: v.flushing.Load(), FlushFailing: v.flushErr.Load() != nil,
 		DiskFull: v.gate.Full(), Stopped: v.fsm.Halted() != nil, TakenOver: v.fencedBy.Load() != 0}

@@ -53,6 +53,7 @@ func (v *Volume) Status(ctx context.Context) (Status, error) {
 	}
 	v.mu.Unlock()
 	st.LastLogIndex, _ = v.log.Stats()
+	v.settle()
 	st.CommittedLSN = v.store.Applied()
 	st.MemtableBytes, st.FrozenBytes = v.store.MemBytes()
 	st.PendingBytes, _ = v.commit.Stats()

@@ -545,8 +545,27 @@ func openObjects(ctx context.Context, dir string, cfg Config, opts Options) (obj
 	return ds, nil, err
 }
 
-func (v *Volume) propose(data []byte) error {
-	_, resp, err := v.log.Apply(data)
+// durableLog is a Log that can report an entry durable before it is
+// applied (raftwal.Node.ApplyDurable): an fsync then returns without
+// waiting for raft to hand the entry to the FSM and the FSM to apply it.
+type durableLog interface {
+	ApplyDurable(data []byte, durable func()) (index uint64, resp any, err error)
+}
+
+func (v *Volume) propose(data []byte, durable func()) error {
+	var resp any
+	var err error
+	if dl, ok := v.log.(durableLog); ok {
+		_, resp, err = dl.ApplyDurable(data, func() {
+			// A halted FSM applies nothing more: what is durable in the
+			// log behind the entry that stopped it is not the volume's.
+			if v.fsm.Halted() == nil {
+				durable()
+			}
+		})
+	} else {
+		_, resp, err = v.log.Apply(data)
+	}
 	if errors.Is(err, raftwal.ErrClosed) {
 		return commit.PermanentError{Err: err}
 	}
@@ -567,6 +586,20 @@ func (v *Volume) propose(data []byte) error {
 		}
 	}
 	return nil
+}
+
+// settle waits until every fsync that has returned is applied too (an
+// fsync returns when its entry is durable, which can be a moment before
+// it is applied): an LSN or a counter read after it covers every write
+// acknowledged before the call.
+func (v *Volume) settle() {
+	_ = v.commit.WaitApplied() // a failed log has nothing more to apply
+}
+
+// appliedLSN is the highest LSN applied, settled.
+func (v *Volume) appliedLSN() uint64 {
+	v.settle()
+	return max(v.fsm.Applied(), v.store.Applied())
 }
 
 func (v *Volume) allocIno() uint64 { return v.nextIno.Add(1) }

@@ -17,7 +17,7 @@ func TestAdmissionWaitsForFlush(t *testing.T) {
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
 	var kicks atomic.Int32
 	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1, MaxPending: 1 << 30, MaxUnflushed: 4 * bs}, store, func() { kicks.Add(1) })
-	a.Attach(NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.Changed))
+	a.Attach(NewCommitter(func([]byte, func()) error { return nil }, 1<<20, time.Millisecond, a.Changed))
 	defer a.commit.Close()
 	a.CheckDisk()
 
@@ -52,7 +52,7 @@ func TestAdmissionWaitsForFlush(t *testing.T) {
 func TestAdmissionNoSpace(t *testing.T) {
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
 	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1 << 62, MaxPending: 1 << 30}, store, func() {})
-	a.Attach(NewCommitter(func([]byte) error { return nil }, 1<<20, time.Millisecond, a.Changed))
+	a.Attach(NewCommitter(func([]byte, func()) error { return nil }, 1<<20, time.Millisecond, a.Changed))
 	defer a.commit.Close()
 	a.CheckDisk()
 	if err := a.Wait(bs); Errno(err) != syscall.ENOSPC {

@@ -33,7 +33,7 @@ import (
 // gate (setWaiting) or linger passes: every commit costs an fdatasync, and an fsync arriving while a
 // commit nobody asked for is in flight has to wait for it first.
 type Committer struct {
-	propose  func(data []byte) error
+	propose  ProposeFunc
 	encode   Encoder
 	maxBatch int // bytes per entry
 	linger   time.Duration
@@ -49,7 +49,8 @@ type Committer struct {
 	queued   []*batch // closed, oldest first
 	inflight *batch
 	pending  int64  // bytes in open + queued + inflight
-	done     uint64 // highest committed seq
+	done     uint64 // highest committed and applied seq
+	durable  uint64 // highest seq known durable in the log (>= done once applied)
 	wanted   uint64 // highest seq a Wait is blocked on
 	starved  int    // writers blocked at the Admission gate
 	closing  bool
@@ -103,11 +104,17 @@ type PermanentError struct{ Err error }
 func (e PermanentError) Error() string { return e.Err.Error() }
 func (e PermanentError) Unwrap() error { return e.Err }
 
+// ProposeFunc appends data to the log and returns once it is committed
+// and applied. It may call durable first, as soon as the entry is
+// committed (durable in the log) but not yet applied: WaitDurable then
+// returns without waiting for the apply.
+type ProposeFunc func(data []byte, durable func()) error
+
 // NewCommitter starts a committer. propose must return once data is
 // committed and applied; it is retried with backoff on error unless the
 // error is a PermanentError. Lazy puts wait up to linger for company.
 // onChange (may be nil) is called after every commit and on failure.
-func NewCommitter(propose func([]byte) error, maxBatch int, linger time.Duration, onChange func()) *Committer {
+func NewCommitter(propose ProposeFunc, maxBatch int, linger time.Duration, onChange func()) *Committer {
 	if onChange == nil {
 		onChange = func() {}
 	}
@@ -297,17 +304,35 @@ func (c *Committer) Current() uint64 {
 
 // Wait returns once batch seq is committed and applied, or the error that
 // means it never will be.
-func (c *Committer) Wait(seq uint64) error {
+func (c *Committer) Wait(seq uint64) error { return c.wait(seq, false) }
+
+// WaitDurable returns once batch seq is committed, applied or not: what
+// an fsync needs. Until applied, the batch stays in the overlay reads
+// consult, so nothing reads around it.
+func (c *Committer) WaitDurable(seq uint64) error { return c.wait(seq, true) }
+
+// WaitApplied returns once every batch reported durable so far is
+// applied too: an LSN read after it covers every fsync that returned
+// before it.
+func (c *Committer) WaitApplied() error {
+	c.mu.Lock()
+	seq := c.durable
+	c.mu.Unlock()
+	return c.Wait(seq)
+}
+
+func (c *Committer) wait(seq uint64, durable bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if seq > c.wanted && c.done < seq {
+	reached := func() bool { return c.done >= seq || durable && c.durable >= seq }
+	if seq > c.wanted && !reached() {
 		c.wanted = seq
 		c.kick.Signal()
 	}
-	for c.done < seq && c.err == nil {
+	for !reached() && c.err == nil {
 		c.changed.Wait()
 	}
-	if c.done >= seq {
+	if reached() {
 		return nil
 	}
 	return c.err
@@ -362,11 +387,17 @@ func (c *Committer) run() {
 		data, err := c.encoder()(time.Now().UnixNano(), b.seq, b.puts, b.bytes)
 		start := time.Now()
 		if err == nil {
-			err = c.proposeRetrying(data)
+			err = c.proposeRetrying(data, c.durableFunc(b.seq))
 		} else {
 			err = PermanentError{Err: err}
 		}
 
+		if err == nil {
+			// Before done moves: a waiter that returns sees its entry
+			// counted.
+			c.batchPuts.Observe(float64(len(b.puts)))
+			c.batchBytes.Observe(float64(len(data)))
+		}
 		c.mu.Lock()
 		c.stats.Entries++
 		c.stats.Bytes += uint64(len(data))
@@ -382,11 +413,23 @@ func (c *Committer) run() {
 			return
 		}
 		c.done = b.seq
+		c.durable = max(c.durable, b.seq)
 		c.changed.Broadcast()
 		c.mu.Unlock()
-		c.batchPuts.Observe(float64(len(b.puts)))
-		c.batchBytes.Observe(float64(len(data)))
 		c.onChange()
+	}
+}
+
+// durableFunc is what propose calls when batch seq is durable: the
+// fsyncs waiting for it go on while it is applied.
+func (c *Committer) durableFunc(seq uint64) func() {
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if seq > c.durable {
+			c.durable = seq
+			c.changed.Broadcast()
+		}
 	}
 }
 
@@ -407,11 +450,11 @@ const shutdownRetry = 30 * time.Second
 // quorum): an fsync waiting on this batch must block, not fail, because
 // Postgres treats a failed fsync as data loss and PANICs. Only when closing
 // does it give up, after shutdownRetry: what is left was never fsynced.
-func (c *Committer) proposeRetrying(data []byte) error {
+func (c *Committer) proposeRetrying(data []byte, durable func()) error {
 	backoff := 10 * time.Millisecond
 	var closingSince time.Time
 	for attempt := 1; ; attempt++ {
-		err := c.propose(data)
+		err := c.propose(data, durable)
 		if err == nil {
 			return nil
 		}

@@ -23,7 +23,7 @@ type gate struct {
 
 func newGate() *gate { return &gate{release: make(chan error)} }
 
-func (g *gate) propose(data []byte) error {
+func (g *gate) propose(data []byte, _ func()) error {
 	err := <-g.release
 	if err == nil {
 		g.mu.Lock()
@@ -134,7 +134,7 @@ func TestCommitterCoalescesRewrites(t *testing.T) {
 
 // testGate is the Admission gate over committer c, bounding its pending
 // bytes at maxPending (and nothing else that binds).
-func testGate(t *testing.T, c **Committer, propose func([]byte) error, maxBatch int, maxPending int64, linger time.Duration) *Admission {
+func testGate(t *testing.T, c **Committer, propose ProposeFunc, maxBatch int, maxPending int64, linger time.Duration) *Admission {
 	t.Helper()
 	store := blockstore.NewStore(objstore.NewMemStore(), 1<<20)
 	a := NewAdmission(t.TempDir(), Limits{ReserveBytes: 1, MaxPending: maxPending}, store, func() {})
@@ -243,7 +243,7 @@ func TestCommitterLazyPuts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var proposed atomic.Int32
 			var c *Committer
-			gate := testGate(t, &c, func([]byte) error { proposed.Add(1); return nil }, tt.maxBatch, tt.maxPending, tt.linger)
+			gate := testGate(t, &c, func([]byte, func()) error { proposed.Add(1); return nil }, tt.maxBatch, tt.maxPending, tt.linger)
 			defer c.Close()
 			seq, err := c.PutLazy(blockPut(1, 0, 1))
 			if err != nil {
@@ -285,5 +285,38 @@ func TestCommitterRefusesUnencodablePuts(t *testing.T) {
 	}
 	if n := g.count(); n != 0 {
 		t.Errorf("%d entries proposed", n)
+	}
+}
+
+// WaitDurable returns once propose reports the entry durable, before it
+// is applied; Wait still waits for the apply, and the batch stays in the
+// overlay until then.
+func TestWaitDurable(t *testing.T) {
+	durable, applied := make(chan struct{}), make(chan struct{})
+	c := NewCommitter(func(_ []byte, onDurable func()) error {
+		<-durable
+		onDurable()
+		<-applied
+		return nil
+	}, 1<<20, time.Millisecond, nil)
+	defer c.Close()
+	k := blockstore.BlockKey(1, 2, 3)
+	seq, err := c.Put(blockstore.Entry{Key: k, Version: blockstore.Version{Value: blockstore.BlockValue(make([]byte, 8192))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan string, 2)
+	go func() { c.WaitDurable(seq); waited <- "durable" }()
+	go func() { c.Wait(seq); waited <- "applied" }()
+	close(durable)
+	if got := <-waited; got != "durable" {
+		t.Fatalf("%s returned first, want WaitDurable", got)
+	}
+	if _, ok := c.Lookup(k); !ok {
+		t.Fatal("a durable batch not yet applied left the overlay")
+	}
+	close(applied)
+	if got := <-waited; got != "applied" {
+		t.Fatalf("second return %q, want Wait's", got)
 	}
 }
