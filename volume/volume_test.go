@@ -195,6 +195,9 @@ func TestWriteToFsyncedFileIsCommitted(t *testing.T) {
 		f.mu.RLock()
 		seq = f.nodes[ino].dataSeq
 		f.mu.RUnlock()
+		// A write that waited returned once durable; settle applies
+		// what is durable, never what is not.
+		v.settle()
 		_, done = v.commit.Stats()
 		return seq, done
 	}
