@@ -281,6 +281,37 @@ func (s *Store) ReplaceLayers(remove []string, add LayerMeta) error {
 	return nil
 }
 
+// OpenNow opens (reads the footer and index of) the layer name, if the
+// store lists it and it is not open yet. The flusher and the merger call
+// it right after recording a layer they uploaded, while the object store
+// is known to answer: every read that reaches the layers consults the
+// newer ones first, so a layer left unopened until its first read would
+// hold all reads if the object store went away in between.
+func (s *Store) OpenNow(ctx context.Context, name string) error {
+	s.mu.RLock()
+	var ref *layerRef
+	for _, l := range s.layers {
+		if l.meta.Name == name {
+			ref = l
+		}
+	}
+	s.mu.RUnlock()
+	if ref == nil {
+		return nil
+	}
+	// Not s.open: a failure here must not become the layer's remembered
+	// fate; the first read tries again.
+	l, err := OpenLayer(ctx, s.objects, name, s.cache)
+	if err != nil {
+		return err
+	}
+	ref.once.Do(func() {
+		l.counts = &s.counts
+		ref.l = l
+	})
+	return nil
+}
+
 // PlanMerge picks the newest run of at least fanout adjacent layers of
 // similar size (the largest at most fanout times the smallest) whose total
 // stays under maxBytes: size-tiered compaction, which keeps the number of

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/neonfs/neonfs/objstore"
@@ -267,5 +269,70 @@ func TestMergeStreams(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// downStore is an object store that can go away.
+type downStore struct {
+	objstore.ObjectStore
+	down atomic.Bool
+}
+
+var errDown = errors.New("object store unreachable")
+
+func (d *downStore) Size(ctx context.Context, name string) (int64, error) {
+	if d.down.Load() {
+		return 0, errDown
+	}
+	return d.ObjectStore.Size(ctx, name)
+}
+
+func (d *downStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if d.down.Load() {
+		return nil, errDown
+	}
+	return d.ObjectStore.GetRange(ctx, name, off, n)
+}
+
+func (d *downStore) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
+	if d.down.Load() {
+		return nil, errDown
+	}
+	return d.ObjectStore.ReadRange(ctx, name, off, n, buf)
+}
+
+// A layer opened with OpenNow right after it is recorded answers reads
+// from its index while the object store is away: a key it does not hold
+// needs no object, so reads of other data do not wait for the store.
+// Unopened, the same read fails; a failed OpenNow is not remembered.
+func TestOpenNowAnswersDuringAnOutage(t *testing.T) {
+	for _, opened := range []bool{true, false} {
+		ds := &downStore{ObjectStore: objstore.NewMemStore()}
+		s := NewStore(ds, 1<<20)
+		s.Apply(10, []Entry{put(BlockKey(1, 5, 0), BlockValue(page(1)))})
+		s.Freeze(10)
+		meta, ok, err := s.WriteLayer(context.Background(), 10)
+		if err != nil || !ok {
+			t.Fatalf("write layer: ok=%v err=%v", ok, err)
+		}
+		s.AddLayer(meta)
+		if opened {
+			ds.down.Store(true)
+			if err := s.OpenNow(context.Background(), meta.Name); err == nil {
+				t.Fatal("OpenNow with the store away succeeded")
+			}
+			ds.down.Store(false)
+			if err := s.OpenNow(context.Background(), meta.Name); err != nil {
+				t.Fatalf("OpenNow after a failed one: %v", err)
+			}
+		}
+		ds.down.Store(true)
+		_, found, err := s.Get(context.Background(), BlockKey(1, 6, 0), []ReadPoint{{Branch: 1, MaxLSN: ^uint64(0)}})
+		if opened && (err != nil || found) {
+			t.Errorf("opened layer, store away: a key it lacks: found=%v err=%v, want not found", found, err)
+		}
+		if !opened && err == nil {
+			t.Errorf("unopened layer, store away: a read succeeded; the test no longer shows anything")
+		}
 	}
 }

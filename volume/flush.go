@@ -183,6 +183,9 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 		if seq, _, err = v.log.Apply(b); err != nil {
 			return fmt.Errorf("record layer %s: %w", meta.Name, err)
 		}
+		if err := v.store.OpenNow(ctx, meta.Name); err != nil {
+			slog.Warn("open flushed layer", "layer", meta.Name, "err", err) // reads open it again
+		}
 		if err := v.log.Snapshot(); err != nil {
 			return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
 		}

@@ -201,6 +201,9 @@ func (v *Volume) compactLocked(ctx context.Context, full bool, progress func(str
 			return res, fmt.Errorf("record merged layer %s: %w", meta.Name, err)
 		}
 		v.retired = append(v.retired, retired{names: run, seq: seq, epoch: v.store.Epoch()})
+		if err := v.store.OpenNow(ctx, meta.Name); err != nil {
+			slog.Warn("open merged layer", "layer", meta.Name, "err", err) // reads open it again
+		}
 		res.Merges++
 		res.InputBytes += st.InputBytes
 		res.OutputBytes += st.OutputBytes
