@@ -5,7 +5,7 @@
 #   sudo bench/pgbench.sh
 #   sudo ROUNDS=1 DURATION=10 bench/pgbench.sh   # quick check
 #   sudo LOOPBACK=0 bench/pgbench.sh             # native and neonfs only
-#   sudo NEONFS_B_ARGS="--wal-direct-io=false" NEONFS_B_WAL_SYNC=fdatasync \
+#   sudo NEONFS_B_ARGS="--wal-direct-io" NEONFS_B_WAL_SYNC=fdatasync \
 #       bench/pgbench.sh                         # A/B two neonfs settings
 #
 # The loopback (bench/loopback) passes every request straight to a
@@ -17,8 +17,9 @@
 # Postgres's default, as its endpoints do). Native ext4 also runs with
 # open_datasync when NATIVE_ODS=1 ("native-ods"), and the headline ratio
 # is against the faster of the two in each round ("native-best"): when
-# neonfs runs open_datasync (one FUSE round trip per WAL flush, see
-# fusefs walFile), every file system gets its own fastest method.
+# neonfs runs open_datasync (with --wal-direct-io, one FUSE round trip per
+# WAL flush, see fusefs walFile), every file system gets its own fastest
+# method.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "init"
 # line), CHECKPOINT, and its writes settled (sync; on neonfs, until no

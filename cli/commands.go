@@ -159,7 +159,7 @@ func volumeFlags() []ucli.Flag {
 // fuseFlags tune the FUSE connection of every mount the daemon makes.
 func fuseFlags() []ucli.Flag {
 	return []ucli.Flag{
-		&ucli.BoolFlag{Name: "wal-direct-io", Value: true, Usage: "Postgres WAL segments (files in pg_wal) bypass the page cache, and a write through an O_DSYNC handle returns once committed: with wal_sync_method=open_datasync a commit is one FUSE round trip (endpoints keep Postgres's fdatasync unless --pg-conf sets it)"},
+		&ucli.BoolFlag{Name: "wal-direct-io", Value: false, Usage: "Postgres WAL segments (files in pg_wal) bypass the page cache, and a write through an O_DSYNC handle returns once committed: with wal_sync_method=open_datasync a commit is one FUSE round trip. Off by default: under Postgres's fdatasync (what endpoints run) every WAL write then costs a round trip, which slows bulk loads by a third and TPC-B a little"},
 		&ucli.IntFlag{Name: "max-background", Value: 0, Usage: "the kernel's limit of background FUSE requests in flight (writeback, readahead); 0 keeps the kernel's 12"},
 	}
 }

@@ -56,9 +56,11 @@ func (w *ledgerWriter) run(ctx context.Context, connString string, cycle int, ne
 // children) and the file system daemon at a random moment while a ledger
 // writer and pgbench are running, then restarts both and checks that Postgres
 // recovers, pg_amcheck is clean, the pgbench balances agree and every
-// acknowledged ledger id is there. Cycles alternate Postgres's
-// wal_sync_method between open_datasync (each WAL write one direct WRITE
-// that returns committed: what endpoints run) and fdatasync.
+// acknowledged ledger id is there. Cycles go through Postgres's
+// wal_sync_method (fdatasync, what endpoints run, and open_datasync) and
+// the daemon's WAL path (the page cache by default, --wal-direct-io:
+// each WAL write one direct WRITE, returning committed under
+// open_datasync), every pair of them within the first four cycles.
 func TestCrashRecovery(t *testing.T) {
 	requireE2E(t)
 	requirePostgres(t)
@@ -78,6 +80,11 @@ func TestCrashRecovery(t *testing.T) {
 	tg := newTarget(t)
 	pg := initPostgres(t, tg.Dir())
 	walSync := func(cycle int) string { return [...]string{"open_datasync", "fdatasync"}[(cycle-1)%2] }
+	// The daemon is already mounted for cycle 1, with the default WAL path.
+	directIO := func(cycle int) bool { return [...]bool{false, true, true, false}[(cycle-1)%4] }
+	walMode := func(cycle int) string {
+		return walSync(cycle) + map[bool]string{true: ", --wal-direct-io", false: ", WAL through the page cache"}[directIO(cycle)]
+	}
 	pg.WALSync = walSync(1)
 	pg.Start(t)
 	pg.Psql(t, "CREATE TABLE ledger (id bigint PRIMARY KEY, cycle int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
@@ -136,13 +143,19 @@ func TestCrashRecovery(t *testing.T) {
 		benchErr := waitCmd(bench, time.Minute)
 		benchCancel()
 		t.Logf("cycle %d (wal_sync_method %s): killed after %v (%s first, took %v); ledger acked %d ids this cycle (writer stopped with: %v); pgbench exit: %v",
-			cycle, walSync(cycle), delay.Round(time.Millisecond), map[bool]string{true: "daemon", false: "postgres"}[daemonFirst],
+			cycle, walMode(cycle), delay.Round(time.Millisecond), map[bool]string{true: "daemon", false: "postgres"}[daemonFirst],
 			killTook.Round(time.Millisecond), len(w.acked), w.lastErr, benchErr)
 		if len(w.acked) == 0 {
 			t.Logf("cycle %d: warning: no ledger insert was acknowledged before the crash", cycle)
 		}
 		acked = append(acked, w.acked...)
 
+		if n, ok := tg.(*neonfsTarget); ok {
+			n.extra = nil
+			if directIO(cycle + 1) {
+				n.extra = []string{"--wal-direct-io"}
+			}
+		}
 		tg.Restart(t)
 		recStart := time.Now()
 		pg.WALSync = walSync(cycle + 1)
