@@ -54,10 +54,21 @@ func (l *leases) snapshot() map[uint32]uint64 {
 	return maps.Clone(l.tokens)
 }
 
-// encodePuts is the committer's encoder on a cluster node: every batch is
-// fenced with the leases this node holds.
+// encodePuts is the committer's encoder. On a cluster node every batch is
+// fenced with the leases this node holds. The FSM is told what the entry
+// holds, so applying it here skips decoding it (fsm.Expect).
 func (v *Volume) encodePuts(now int64, seq uint64, puts map[blockstore.Key]blockstore.Value, hint int) ([]byte, error) {
-	return fsm.EncodeFencedPuts(now, fsm.Fence{Node: v.cluster.ID(), Seq: seq, Tokens: v.held.snapshot()}, puts, hint)
+	var data []byte
+	var err error
+	if v.cluster != nil {
+		data, err = fsm.EncodeFencedPuts(now, fsm.Fence{Node: v.cluster.ID(), Seq: seq, Tokens: v.held.snapshot()}, puts, hint)
+	} else {
+		data, err = fsm.EncodePuts(now, puts, hint)
+	}
+	if err == nil {
+		v.fsm.Expect(data, puts) // propose Forgets it
+	}
+	return data, err
 }
 
 // lease is a mount's hold on its branch.

@@ -502,9 +502,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Volume, error) {
 	}
 	v.gate = commit.NewAdmission(dir, limits, v.store, v.kickFlush)
 	v.commit = commit.NewCommitter(v.propose, opts.MaxBatch, opts.Linger, v.gate.Changed)
-	if v.cluster != nil {
-		v.commit.SetEncoder(v.encodePuts)
-	}
+	v.commit.SetEncoder(v.encodePuts)
 	v.gate.Attach(v.commit)
 	v.gate.CheckDisk()
 	v.wg.Add(1)
@@ -553,6 +551,7 @@ type durableLog interface {
 }
 
 func (v *Volume) propose(data []byte, durable func()) error {
+	defer v.fsm.Forget(data) // encodePuts expected it
 	var resp any
 	var err error
 	if dl, ok := v.log.(durableLog); ok {

@@ -254,7 +254,13 @@ func DecodePuts(b []byte) (int64, []blockstore.Entry, error) {
 
 // decodeRecord decodes an entry. Values alias b: the caller passes a buffer
 // it will not reuse.
-func decodeRecord(b []byte) (record, error) {
+func decodeRecord(b []byte) (record, error) { return decodeRecordWith(b, nil) }
+
+// decodeRecordWith is decodeRecord for an entry whose puts, when it holds
+// any, are known to be known (this node encoded them: FSM.Expect): the
+// header and fence are read, the puts body is neither decompressed nor
+// decoded.
+func decodeRecordWith(b []byte, known []blockstore.Entry) (record, error) {
 	var r record
 	if len(b) < 3 {
 		return r, fmt.Errorf("%w: %d bytes", errBadEntry, len(b))
@@ -269,6 +275,13 @@ func decodeRecord(b []byte) (record, error) {
 	}
 	r.Time = t
 	b = b[2+n:]
+	switch r.Type {
+	case entryPutsS2, entryPuts:
+		if known != nil {
+			r.Type, r.Puts = entryPuts, known
+			return r, nil
+		}
+	}
 	switch r.Type {
 	case entryPutsS2:
 		n, err := s2.DecodedLen(b)
@@ -294,7 +307,7 @@ func decodeRecord(b []byte) (record, error) {
 		if len(inner) > 1 && entryType(inner[1]) == entryFencedPuts {
 			return r, fmt.Errorf("%w: fenced entry inside a fenced entry", errBadEntry)
 		}
-		in, err := decodeRecord(inner)
+		in, err := decodeRecordWith(inner, known)
 		if err != nil {
 			return r, err
 		}
