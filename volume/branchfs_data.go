@@ -290,6 +290,27 @@ func (f *BranchFS) write(ino uint64, data []byte, off int64, sync bool) (seq uin
 	if errno := f.begin(len(data) + 2*bs); errno != 0 {
 		return 0, false, errno
 	}
+	// Whole blocks are copied before the lock: the branch lock serialises
+	// every write, kernel writeback hands over up to 1 MiB at a time, and
+	// copying that into fresh pages takes milliseconds. Copied under the
+	// lock, a bulk load's writeback held the lock most of the time, and
+	// the WAL pages an fdatasync sends queued behind it.
+	end := off + int64(len(data))
+	puts := make([]blockstore.Entry, 0, len(data)/bs+3)
+	var partial []int // indexes in puts of blocks merged under the lock
+	for pos := off; pos < end; {
+		b := uint64(pos / bs)
+		cnt := min(int64(bs)-pos%bs, end-pos)
+		var v blockstore.Value
+		if cnt == bs {
+			v = blockstore.BlockValue(slices.Clone(data[pos-off : pos-off+cnt]))
+		} else {
+			partial = append(partial, len(puts))
+		}
+		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
+			Version: blockstore.Version{Value: v}})
+		pos += cnt
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.nodes[ino]
@@ -299,30 +320,20 @@ func (f *BranchFS) write(ino uint64, data []byte, off int64, sync bool) (seq uin
 	if n.attr.IsDir() {
 		return 0, false, syscall.EISDIR
 	}
-	end := off + int64(len(data))
 	size := int64(n.attr.Size)
-	puts := make([]blockstore.Entry, 0, len(data)/bs+3)
-	for pos := off; pos < end; {
-		b := uint64(pos / bs)
-		in := pos % bs
-		cnt := min(int64(bs)-in, end-pos)
-		src := data[pos-off : pos-off+cnt]
+	for _, i := range partial {
+		b := puts[i].Key.Block
+		start := int64(b) * bs
+		in := max(off, start) - start
+		src := data[start+in-off : min(end, start+bs)-off]
 		var page []byte
-		switch {
-		case cnt == bs:
-			page = slices.Clone(src)
-		case int64(b)*bs >= size:
+		if start >= size {
 			page = make([]byte, bs) // past EOF: nothing to merge with
-			copy(page[in:], src)
-		default:
-			if page, errno = f.readBlock(ino, b); errno != 0 {
-				return 0, false, errno
-			}
-			copy(page[in:], src)
+		} else if page, errno = f.readBlock(ino, b); errno != 0 {
+			return 0, false, errno
 		}
-		puts = append(puts, blockstore.Entry{Key: blockstore.BlockKey(f.branch, ino, b),
-			Version: blockstore.Version{Value: blockstore.BlockValue(page)}})
-		pos += cnt
+		copy(page[in:], src)
+		puts[i].Value = blockstore.BlockValue(page)
 	}
 	t := now()
 	if end > size {
