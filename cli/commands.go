@@ -150,6 +150,7 @@ func volumeFlags() []ucli.Flag {
 		&ucli.IntFlag{Name: "flush-mb", Value: 128, Usage: "memtable size in MiB that triggers a layer flush"},
 		&ucli.IntFlag{Name: "reserve-mb", Value: 256, Usage: "free disk in MiB kept under the data dir; writes past it get ENOSPC"},
 		&ucli.IntFlag{Name: "layer-cache-mb", Value: 4096, Usage: "on-disk cache of object-store layer chunks in MiB, under DATA/cache (S3 volumes)"},
+		&ucli.IntFlag{Name: "prewarm-mb", Usage: "page cache in MiB a mount may fill with its branch's layers, read ahead as it mounts (local object store; newest layers first): a woken branch answers its first reads from memory. Default an eighth of RAM; 0 turns it off"},
 		&ucli.IntFlag{Name: "max-unflushed-mb", Value: 2048, Usage: "data in MiB the log may hold beyond the object store (while it is slow or away) before writes wait"},
 		&ucli.BoolFlag{Name: "lead-writes", Value: true, Usage: "cluster nodes: move Raft leadership to this node when it takes a branch's writer lease; --lead-writes=false forwards its commits to the leader instead (bench/cluster.sh: 1.2-1.7x slower)"},
 		&ucli.DurationFlag{Name: "lease-ttl", Value: volume.DefaultLeaseTTL, Usage: "cluster nodes: a branch writer's lease TTL (renewed every TTL/2; a dead writer's branch is taken over after it)"},
@@ -180,7 +181,19 @@ func volumeOptions(c *ucli.Context) (volume.Options, error) {
 	if c.Duration("lease-ttl") < 2*volume.ClockMargin+time.Second {
 		return volume.Options{}, fmt.Errorf("--lease-ttl %s is too short: give at least %s", c.Duration("lease-ttl"), 2*volume.ClockMargin+time.Second)
 	}
+	prewarm := int64(0) // the default
+	if c.IsSet("prewarm-mb") {
+		switch mb := c.Int("prewarm-mb"); {
+		case mb < 0:
+			return volume.Options{}, fmt.Errorf("--prewarm-mb %d: want 0 (off) or more", mb)
+		case mb == 0:
+			prewarm = -1
+		default:
+			prewarm = int64(mb) << 20
+		}
+	}
 	return volume.Options{
+		PrewarmBytes:    prewarm,
 		LeaseTTL:        c.Duration("lease-ttl"),
 		LeadWrites:      c.Bool("lead-writes"),
 		CacheBytes:      c.Int("cache-mb") << 20,

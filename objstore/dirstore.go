@@ -377,6 +377,21 @@ func (s *DirStore) ReadRange(ctx context.Context, name string, off, n int64, buf
 	return b, nil
 }
 
+// Prefetch asks the kernel to read all of name into the page cache
+// (posix_fadvise WILLNEED) and returns once the reads are queued: later
+// reads of it are page-cache hits, not one disk read each.
+func (s *DirStore) Prefetch(name string) error {
+	o, err := s.acquire("prefetch", name)
+	if err != nil {
+		return err
+	}
+	defer s.release(o)
+	if err := unix.Fadvise(o.fd, 0, o.size, unix.FADV_WILLNEED); err != nil {
+		return fmt.Errorf("prefetch object %s: %w", name, err)
+	}
+	return nil
+}
+
 func (s *DirStore) Size(ctx context.Context, name string) (int64, error) {
 	if err := s.checkName("stat", name); err != nil {
 		return 0, err

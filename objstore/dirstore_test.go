@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -377,5 +378,30 @@ func TestDirStoreStaging(t *testing.T) {
 	}
 	if objs, err := s.List(ctx, ""); err != nil || len(objs) != 1 {
 		t.Errorf("objects after cleanup: %v, %v", objs, err)
+	}
+}
+
+// TestDirStorePrefetch: prefetching an object queues its reads and leaves
+// it readable; a missing object is an error naming it.
+func TestDirStorePrefetch(t *testing.T) {
+	s, err := NewDirStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("layer"), 100000)
+	if err := s.Put(ctx, "layers/a", data); err != nil {
+		t.Fatal(err)
+	}
+	var p Prefetcher = s
+	if err := p.Prefetch("layers/a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetRange(ctx, "layers/a", 5, 10)
+	if err != nil || !bytes.Equal(got, data[5:15]) {
+		t.Fatalf("read after prefetch: %q, %v", got, err)
+	}
+	if err := p.Prefetch("layers/missing"); err == nil || !strings.Contains(err.Error(), "layers/missing") {
+		t.Fatalf("prefetch of a missing object: %v, want an error naming it", err)
 	}
 }

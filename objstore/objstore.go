@@ -77,3 +77,10 @@ func DiscardTemp(f *os.File) {
 	f.Close()
 	os.Remove(f.Name())
 }
+
+// Prefetcher is an ObjectStore that can bring objects into memory ahead
+// of reads without the caller waiting for it (DirStore: into the page
+// cache). Prefetch is a hint: an error only says it was not taken.
+type Prefetcher interface {
+	Prefetch(name string) error
+}

@@ -93,6 +93,7 @@ func TestBadInput(t *testing.T) {
 		{"mountpoint already mounted", "already mounted", []string{"mount", "--data", p("notvol"), n.mnt}},
 		{"volume already mounted", `branch "main" is already mounted at`, []string{"mount", "--data", n.data, p("mnt2")}},
 		{"negative cache size", "--cache-mb must be positive", []string{"mount", "--cache-mb", "-1", "--data", n.data, p("mnt2")}},
+		{"negative prewarm", "--prewarm-mb -1: want 0 (off) or more", []string{"mount", "--prewarm-mb", "-1", "--data", n.data, p("mnt2")}},
 		{"unknown log level", "--log-level", []string{"--log-level", "loud", "status", "--data", n.data}},
 		{"status of a non-volume", "not a neonfs volume", []string{"status", "--data", p("notvol")}},
 		{"gc of a non-volume", "not a neonfs volume", []string{"gc", "--data", p("notvol")}},

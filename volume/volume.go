@@ -105,6 +105,9 @@ type Options struct {
 	// LayerCacheBytes bounds the on-disk cache of object-store layer
 	// chunks under DATA/cache (S3 volumes only).
 	LayerCacheBytes int64
+	// PrewarmBytes bounds the layers a mount reads ahead into the page
+	// cache (prewarm.go): 0 is DefaultPrewarmBytes, negative is none.
+	PrewarmBytes int64
 	// GCInterval is how often the daemon looks for orphaned objects.
 	GCInterval time.Duration
 	// NoFlush leaves the memtable alone (for status and other inspection):
@@ -647,7 +650,16 @@ func (v *Volume) Mount(ctx context.Context, name string) (*BranchFS, error) {
 	v.mu.Lock()
 	v.mounts = append(v.mounts, f)
 	v.mu.Unlock()
+	v.startPrewarm(f)
 	return f, nil
+}
+
+func (v *Volume) startPrewarm(f *BranchFS) {
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		v.prewarm(f)
+	}()
 }
 
 // MountAt opens branch name read-only as it was at point (an LSN, an
@@ -672,6 +684,7 @@ func (v *Volume) MountAt(ctx context.Context, name, point string) (*BranchFS, er
 	v.mu.Lock()
 	v.mounts = append(v.mounts, f)
 	v.mu.Unlock()
+	v.startPrewarm(f)
 	return f, nil
 }
 
