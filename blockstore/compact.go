@@ -299,16 +299,15 @@ func (s *Store) OpenNow(ctx context.Context, name string) error {
 	if ref == nil {
 		return nil
 	}
-	// Not s.open: a failure here must not become the layer's remembered
-	// fate; the first read tries again.
+	// Not s.open: a failure here is the caller's to report, and reads
+	// should not be answered with it; they make their own attempt.
 	l, err := OpenLayer(ctx, s.objects, name, s.cache)
 	if err != nil {
 		return err
 	}
-	ref.once.Do(func() {
-		l.counts = &s.counts
-		ref.l = l
-	})
+	ref.mu.Lock()
+	ref.setOpened(l, s)
+	ref.mu.Unlock()
 	return nil
 }
 

@@ -272,31 +272,48 @@ func TestMergeStreams(t *testing.T) {
 	}
 }
 
-// downStore is an object store that can go away.
+// downStore is an object store that can go away: its reads fail while
+// down is set. reads counts the read calls, failed or not.
 type downStore struct {
 	objstore.ObjectStore
-	down atomic.Bool
+	down  atomic.Bool
+	reads atomic.Int64
 }
 
 var errDown = errors.New("object store unreachable")
 
-func (d *downStore) Size(ctx context.Context, name string) (int64, error) {
+func (d *downStore) fail() error {
+	d.reads.Add(1)
 	if d.down.Load() {
-		return 0, errDown
+		return errDown
+	}
+	return nil
+}
+
+func (d *downStore) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := d.fail(); err != nil {
+		return nil, err
+	}
+	return d.ObjectStore.Get(ctx, name)
+}
+
+func (d *downStore) Size(ctx context.Context, name string) (int64, error) {
+	if err := d.fail(); err != nil {
+		return 0, err
 	}
 	return d.ObjectStore.Size(ctx, name)
 }
 
 func (d *downStore) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
-	if d.down.Load() {
-		return nil, errDown
+	if err := d.fail(); err != nil {
+		return nil, err
 	}
 	return d.ObjectStore.GetRange(ctx, name, off, n)
 }
 
 func (d *downStore) ReadRange(ctx context.Context, name string, off, n int64, buf []byte) ([]byte, error) {
-	if d.down.Load() {
-		return nil, errDown
+	if err := d.fail(); err != nil {
+		return nil, err
 	}
 	return d.ObjectStore.ReadRange(ctx, name, off, n, buf)
 }

@@ -2,12 +2,12 @@ package blockstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/neonfs/neonfs/objstore"
 
@@ -51,12 +51,24 @@ type Store struct {
 	applied uint64
 }
 
+// layerRef is a layer of the store, opened on first use. An open that
+// failed is not the layer's fate: an object store that was unreachable or
+// a cached copy found corrupt (and forgotten) can serve it on a later try.
+// Failures are remembered for openRetryAfter only, so a layer that cannot
+// be opened costs reads one attempt (and one log line) a second, not one
+// each.
 type layerRef struct {
 	meta LayerMeta
-	once sync.Once
-	l    *Layer
+	l    atomic.Pointer[Layer] // set once opened, never cleared
+	mu   sync.Mutex            // serialises opening; guards err and errAt
 	err  error
+	// errAt is when err happened.
+	errAt time.Time
 }
+
+// openRetryAfter is how long a failed layer open is answered from memory
+// before the object store is asked again.
+var openRetryAfter = time.Second
 
 // NewStore returns an empty store over objects with a block cache of
 // cacheBytes.
@@ -308,23 +320,40 @@ func (s *Store) Layers() []LayerMeta {
 }
 
 func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
-	r.once.Do(func() {
-		r.l, r.err = OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
-		if r.l != nil {
-			r.l.counts = &s.counts
+	if l := r.l.Load(); l != nil {
+		return l, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if l := r.l.Load(); l != nil {
+		return l, nil
+	}
+	if r.err != nil && time.Since(r.errAt) < openRetryAfter {
+		return nil, r.err
+	}
+	l, err := OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
+	if err != nil {
+		forgetCorrupt(s.objects, r.meta.Name, err)
+		if ctx.Err() == nil {
+			// A cancelled read says nothing about the layer.
+			r.err, r.errAt = err, time.Now()
+			slog.Error("open layer", "layer", r.meta.Name, "err", err)
 		}
-		forgetCorrupt(s.objects, r.meta.Name, r.err)
-		if r.err != nil {
-			slog.Error("open layer", "layer", r.meta.Name, "err", r.err)
-		}
-	})
-	if r.err != nil && errors.Is(r.err, context.Canceled) {
-		// Do not remember a cancellation as the layer's fate.
-		err := r.err
-		r.once = sync.Once{}
 		return nil, err
 	}
-	return r.l, r.err
+	r.setOpened(l, s)
+	return l, nil
+}
+
+// setOpened makes l the layer r opens to, unless it was opened meanwhile.
+// Callers hold r.mu.
+func (r *layerRef) setOpened(l *Layer, s *Store) {
+	if r.l.Load() != nil {
+		return
+	}
+	l.counts = &s.counts
+	r.err = nil
+	r.l.Store(l)
 }
 
 // view captures the read state: frozen segments and layers are immutable,

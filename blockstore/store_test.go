@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/neonfs/neonfs/objstore"
 )
@@ -225,5 +226,55 @@ func TestStoreCorruptLayer(t *testing.T) {
 	_, _, err = missing.Get(context.Background(), k, []ReadPoint{{Branch: 1, MaxLSN: 10}})
 	if !errors.Is(err, objstore.ErrNotFound) {
 		t.Fatalf("read of missing layer: err=%v, want objstore.ErrNotFound", err)
+	}
+}
+
+// A layer that could not be opened while its object store was unreachable
+// is read once the store is back: the failure is remembered for
+// openRetryAfter only, and within it reads are answered without asking the
+// store again.
+func TestStoreLayerOpenRetries(t *testing.T) {
+	old := openRetryAfter
+	t.Cleanup(func() { openRetryAfter = old })
+	openRetryAfter = time.Hour
+
+	s := newTestStore(t)
+	k := BlockKey(1, 2, 0)
+	s.Apply(1, []Entry{put(k, BlockValue(page(7)))})
+	flushAll(t, s, 2)
+	ds := &downStore{ObjectStore: s.Objects()}
+	ds.down.Store(true)
+	fresh := NewStore(ds, 1<<20)
+	fresh.AddLayer(s.Layers()[0])
+	main := []ReadPoint{{Branch: 1, MaxLSN: 10}}
+
+	ctx := context.Background()
+	if _, _, err := fresh.Get(ctx, k, main); !errors.Is(err, errDown) {
+		t.Fatalf("read with the store down: err=%v, want %v", err, errDown)
+	}
+	before := ds.reads.Load()
+	if _, _, err := fresh.Get(ctx, k, main); !errors.Is(err, errDown) {
+		t.Fatalf("second read with the store down: err=%v, want %v", err, errDown)
+	}
+	if n := ds.reads.Load() - before; n != 0 {
+		t.Fatalf("a read within openRetryAfter of a failed open asked the store %d times", n)
+	}
+
+	ds.down.Store(false)
+	openRetryAfter = 0
+	v, ok, err := fresh.Get(ctx, k, main)
+	if err != nil || !ok || !bytes.Equal(v.Value.Data, page(7)) {
+		t.Fatalf("read after the store came back: ok=%v err=%v", ok, err)
+	}
+
+	// A cancelled open is not remembered at all.
+	cancelled := NewStore(ds, 1<<20)
+	cancelled.AddLayer(s.Layers()[0])
+	openRetryAfter = time.Hour
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	cancelled.Get(cctx, k, main) // fails or not, depending on where the store notices
+	if v, ok, err := cancelled.Get(ctx, k, main); err != nil || !ok || !bytes.Equal(v.Value.Data, page(7)) {
+		t.Fatalf("read after a cancelled one: ok=%v err=%v", ok, err)
 	}
 }
