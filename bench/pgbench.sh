@@ -94,7 +94,7 @@ declare -A PORT INIT
 # setup_on LABEL DIR [WAL_SYNC]: a loaded, checkpointed database on DIR,
 # left running, its Postgres with wal_sync_method=WAL_SYNC (fdatasync).
 setup_on() {
-	local label=$1 dir=$2 pgdata=$2/pgdata port
+	local label=$1 pgdata=$2/pgdata port
 	mkdir "$pgdata"
 	chown postgres:postgres "$pgdata"
 	chmod 0700 "$pgdata"
