@@ -272,6 +272,7 @@ func runMount(c *ucli.Context) error {
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	daemon.TuneGC()
 	vol, err := volume.Open(ctx, dir, opts)
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
