@@ -21,9 +21,12 @@
 # WAL flush, see fusefs walFile), every file system gets its own fastest
 # method.
 #
-# Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "init"
-# line), CHECKPOINT, and its writes settled (sync; on neonfs, until no
-# flush or merge runs). Then, for each of $ROUNDS rounds, TPC-B (`-c
+# Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "first
+# load" line, one run each, on a fresh file system), CHECKPOINT, and its
+# writes settled (sync; on neonfs, until no flush or merge runs). Then
+# $INIT_ROUNDS rounds of `pgbench -i` again (it drops and reloads the
+# tables), the order rotating, each after the file systems settle: the
+# "pgbench -i" lines are their medians. Then, for each of $ROUNDS rounds, TPC-B (`-c
 # $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`, same options) run
 # on every file system, the order rotating between rounds, each run after
 # the file systems settle again. All Postgres servers stay up; only one runs
@@ -35,6 +38,7 @@
 # (Postgres, the daemons, the mounts, the temp dir) is cleaned up on exit.
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
+# INIT_ROUNDS (3),
 # LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync),
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
 # (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
@@ -51,6 +55,7 @@ CLIENTS=${CLIENTS:-4}
 JOBS=${JOBS:-2}
 DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-5}
+INIT_ROUNDS=${INIT_ROUNDS:-3}
 LOOPBACK=${LOOPBACK:-1}
 NATIVE_ODS=${NATIVE_ODS:-0}
 NEONFS_ARGS=${NEONFS_ARGS:-}
@@ -136,6 +141,18 @@ run_on() {
 	tps_of <<<"$out"
 }
 
+# init_on LABEL: prints the seconds one `pgbench -i` takes, then checkpoints.
+init_on() {
+	local t0 ms
+	settle
+	echo "bench[$1]: pgbench -i -s $SCALE" >&2
+	t0=$(now_ms)
+	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$1]}" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
+	ms=$(($(now_ms) - t0))
+	as_postgres "$PGBIN/psql" -h "$SOCK" -p "${PORT[$1]}" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
+	awk -v ms="$ms" 'BEGIN { printf "%.2f", ms / 1000 }'
+}
+
 FSES=(native)
 mkdir -m 0755 "$WORK/native"
 setup_on native "$WORK/native"
@@ -172,6 +189,21 @@ neonfs_on() {
 }
 neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
 [ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC"
+
+# INITS[fs,round]: seconds of one `pgbench -i`, rounds alternating like
+# the workloads' (one load each on a fresh file system swings too much to
+# compare: 6-10 s for the same neonfs binary).
+declare -A INITS
+n=${#FSES[@]}
+for r in $(seq 1 "$INIT_ROUNDS"); do
+	line="bench: init round $r/$INIT_ROUNDS:"
+	for i in $(seq 0 $((n - 1))); do
+		fs=${FSES[$(((i + r - 1) % n))]}
+		INITS[$fs,$r]=$(init_on "$fs")
+		line+=" $fs ${INITS[$fs,$r]};"
+	done
+	echo "$line" >&2
+done
 
 # TPS[workload,fs,round]; pgbench args per workload.
 declare -A TPS
@@ -227,13 +259,26 @@ echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per ru
 echo "neonfs: wal_sync_method $NEONFS_WAL_SYNC, flags '${NEONFS_ARGS}'"
 [ "$AB" = 1 ] && echo "neonfs-b: wal_sync_method $NEONFS_B_WAL_SYNC, flags '${NEONFS_B_ARGS}'"
 [ -n "$PG_EXTRA" ] && echo "every Postgres: $PG_EXTRA"
-line="pgbench -i -s $SCALE seconds:"
+line="first load (pgbench -i -s $SCALE on a fresh file system, one run each), seconds:"
 for fs in "${FSES[@]}"; do line+=" $fs ${INIT[$fs]};"; done
 echo "$line"
-for fs in "${FSES[@]}"; do
-	[[ $fs == native* ]] && continue
-	echo "init $fs/native: $(ratio "${INIT[$fs]}" "${INIT[native]}")$([ "$NATIVE_ODS" = 1 ] && echo ", $fs/native-ods: $(ratio "${INIT[$fs]}" "${INIT[native-ods]}")")"
-done
+if [ "$INIT_ROUNDS" -gt 0 ]; then
+	line="pgbench -i -s $SCALE, median of $INIT_ROUNDS alternating rounds, seconds:"
+	for fs in "${FSES[@]}"; do
+		l=""
+		for r in $(seq 1 "$INIT_ROUNDS"); do l+=" ${INITS[$fs,$r]}"; done
+		# shellcheck disable=SC2086 # a space-separated list
+		line+=" $fs $(median $l);"
+	done
+	echo "$line"
+	for fs in "${FSES[@]}"; do
+		[ "$fs" = native ] && continue
+		l=""
+		for r in $(seq 1 "$INIT_ROUNDS"); do l+=" $(ratio "${INITS[$fs,$r]}" "${INITS[native,$r]}")"; done
+		# shellcheck disable=SC2086
+		echo "init $fs/native (median of per-round ratios): $(median $l) (spread $(spread $l))"
+	done
+fi
 header=$(printf '%-12s %6s' workload round)
 for fs in "${FSES[@]}"; do header+=$(printf ' %10s' "$fs"); done
 for p in "${PAIRS[@]}"; do header+=$(printf ' %16s' "${p/ //}"); done
