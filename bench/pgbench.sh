@@ -23,17 +23,18 @@
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "first
 # load" line, one run each, on a fresh file system), CHECKPOINT, and its
-# writes settled (sync; on neonfs, until no flush or merge runs). Then
-# $INIT_ROUNDS rounds of `pgbench -i` again (it drops and reloads the
-# tables), the order rotating, each after the file systems settle: the
-# "pgbench -i" lines are their medians. Then, for each of $ROUNDS rounds, TPC-B (`-c
+# writes settled (sync; on neonfs, until no flush or merge runs). Then,
+# for each of $ROUNDS rounds, TPC-B (`-c
 # $CLIENTS -j $JOBS -T $DURATION`) and select-only (`-S`, same options) run
 # on every file system, the order rotating between rounds, each run after
 # the file systems settle again. All Postgres servers stay up; only one runs
 # a workload at a time. Throughput on these shared machines swings by 20%
 # between identical runs, so the ratios reported are the medians of the
 # per-round ratios; the spread of the per-round ratios is printed too,
-# since one round can land 0.1 off. Everything lives in a temp dir under
+# since one round can land 0.1 off. After the workloads, $INIT_ROUNDS
+# rounds of `pgbench -i` again (it drops and reloads the tables), the
+# order rotating, each after the file systems settle: the "pgbench -i"
+# lines are their medians. Everything lives in a temp dir under
 # /var/tmp; neonfs builds the binary (or uses $NEONFS_BIN). Everything
 # (Postgres, the daemons, the mounts, the temp dir) is cleaned up on exit.
 #
@@ -190,21 +191,6 @@ neonfs_on() {
 neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
 [ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC"
 
-# INITS[fs,round]: seconds of one `pgbench -i`, rounds alternating like
-# the workloads' (one load each on a fresh file system swings too much to
-# compare: 6-10 s for the same neonfs binary).
-declare -A INITS
-n=${#FSES[@]}
-for r in $(seq 1 "$INIT_ROUNDS"); do
-	line="bench: init round $r/$INIT_ROUNDS:"
-	for i in $(seq 0 $((n - 1))); do
-		fs=${FSES[$(((i + r - 1) % n))]}
-		INITS[$fs,$r]=$(init_on "$fs")
-		line+=" $fs ${INITS[$fs,$r]};"
-	done
-	echo "$line" >&2
-done
-
 # TPS[workload,fs,round]; pgbench args per workload.
 declare -A TPS
 declare -A ARGS=([tpc-b]="" [select-only]="-S")
@@ -226,6 +212,22 @@ for r in $(seq 1 "$ROUNDS"); do
 			best=$(awk -v a="$best" -v b="${TPS[$w,native-ods,$r]}" 'BEGIN { print (b > a ? b : a) }')
 		fi
 		TPS[$w,native-best,$r]=$best
+	done
+	echo "$line" >&2
+done
+
+# INITS[fs,round]: seconds of one `pgbench -i`, rounds alternating like
+# the workloads' (one load each on a fresh file system swings too much to
+# compare: 6-10 s for the same neonfs binary). After the workloads, so
+# they run on the state the first load left, as before these rounds.
+declare -A INITS
+n=${#FSES[@]}
+for r in $(seq 1 "$INIT_ROUNDS"); do
+	line="bench: init round $r/$INIT_ROUNDS:"
+	for i in $(seq 0 $((n - 1))); do
+		fs=${FSES[$(((i + r - 1) % n))]}
+		INITS[$fs,$r]=$(init_on "$fs")
+		line+=" $fs ${INITS[$fs,$r]};"
 	done
 	echo "$line" >&2
 done
