@@ -64,8 +64,13 @@ func TestPostgresOnS3(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		// -n: no vacuum, so history is not truncated and the balance
-		// invariants span both runs.
-		out, err := pg.run(t, 10*time.Minute, "pgbench", "-n", "-c", "4", "-j", "2", "-T", "30")
+		// invariants span both runs. A read that misses every cache waits
+		// for the bucket (it retries; it does not fail), so a connection
+		// made during the outage may wait the outage out: the connect
+		// timeout outlasts it (the default 30 s did not, once in CI: a
+		// backend's startup read waited 35.7 s).
+		out, err := pg.run(t, 10*time.Minute, "pgbench", "-n", "-c", "4", "-j", "2", "-T", "30",
+			"dbname=postgres connect_timeout=120")
 		done <- result{out, err}
 	}()
 	time.Sleep(15 * time.Second)
