@@ -299,16 +299,10 @@ func (s *Store) OpenNow(ctx context.Context, name string) error {
 	if ref == nil {
 		return nil
 	}
-	// Not s.open: a failure here is the caller's to report, and reads
-	// should not be answered with it; they make their own attempt.
-	l, err := OpenLayer(ctx, s.objects, name, s.cache)
-	if err != nil {
-		return err
-	}
-	ref.mu.Lock()
-	ref.setOpened(l, s)
-	ref.mu.Unlock()
-	return nil
+	// A failure here is the caller's to report, and reads should not be
+	// answered with it: they make their own attempt.
+	_, err := s.openRef(ctx, ref, false)
+	return err
 }
 
 // PlanMerge picks the newest run of at least fanout adjacent layers of

@@ -58,12 +58,11 @@ type Store struct {
 // be opened costs reads one attempt (and one log line) a second, not one
 // each.
 type layerRef struct {
-	meta LayerMeta
-	l    atomic.Pointer[Layer] // set once opened, never cleared
-	mu   sync.Mutex            // serialises opening; guards err and errAt
-	err  error
-	// errAt is when err happened.
-	errAt time.Time
+	meta  LayerMeta
+	l     atomic.Pointer[Layer] // set once opened, never cleared
+	mu    sync.Mutex            // serialises opening; guards err and errAt
+	err   error                 // the last failed open
+	errAt time.Time             // when it failed
 }
 
 // openRetryAfter is how long a failed layer open is answered from memory
@@ -320,6 +319,14 @@ func (s *Store) Layers() []LayerMeta {
 }
 
 func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
+	return s.openRef(ctx, r, true)
+}
+
+// openRef returns r's layer, opening it if it is not open yet. With
+// remember, a failure is logged and answered from memory for
+// openRetryAfter; without, a remembered failure does not stop the attempt
+// and a new one is not recorded.
+func (s *Store) openRef(ctx context.Context, r *layerRef, remember bool) (*Layer, error) {
 	if l := r.l.Load(); l != nil {
 		return l, nil
 	}
@@ -328,32 +335,23 @@ func (s *Store) open(ctx context.Context, r *layerRef) (*Layer, error) {
 	if l := r.l.Load(); l != nil {
 		return l, nil
 	}
-	if r.err != nil && time.Since(r.errAt) < openRetryAfter {
+	if remember && r.err != nil && time.Since(r.errAt) < openRetryAfter {
 		return nil, r.err
 	}
 	l, err := OpenLayer(ctx, s.objects, r.meta.Name, s.cache)
 	if err != nil {
 		forgetCorrupt(s.objects, r.meta.Name, err)
-		if ctx.Err() == nil {
-			// A cancelled read says nothing about the layer.
+		if remember && ctx.Err() == nil {
+			// A cancelled or timed-out read says nothing about the layer.
 			r.err, r.errAt = err, time.Now()
 			slog.Error("open layer", "layer", r.meta.Name, "err", err)
 		}
 		return nil, err
 	}
-	r.setOpened(l, s)
-	return l, nil
-}
-
-// setOpened makes l the layer r opens to, unless it was opened meanwhile.
-// Callers hold r.mu.
-func (r *layerRef) setOpened(l *Layer, s *Store) {
-	if r.l.Load() != nil {
-		return
-	}
 	l.counts = &s.counts
 	r.err = nil
 	r.l.Store(l)
+	return l, nil
 }
 
 // view captures the read state: frozen segments and layers are immutable,

@@ -22,7 +22,7 @@ const DefaultGCPercent = 25
 // TuneGC sets the daemon's GC target to DefaultGCPercent, unless the
 // operator chose one with GOGC. It returns the target in force.
 func TuneGC() int {
-	if v, ok := os.LookupEnv("GOGC"); ok && v != "" {
+	if os.Getenv("GOGC") != "" {
 		old := debug.SetGCPercent(100)
 		debug.SetGCPercent(old)
 		return old
