@@ -97,6 +97,17 @@ tps_of() { awk '/^tps = /{print $3; exit}'; }
 
 declare -A PORT INIT
 
+# load_on LABEL: `pgbench -i` on LABEL's server (it drops and reloads the
+# tables), then CHECKPOINT; prints the seconds the load took.
+load_on() {
+	local t0 ms
+	t0=$(now_ms)
+	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$1]}" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
+	ms=$(($(now_ms) - t0))
+	as_postgres "$PGBIN/psql" -h "$SOCK" -p "${PORT[$1]}" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
+	awk -v ms="$ms" 'BEGIN { printf "%.2f", ms / 1000 }'
+}
+
 # setup_on LABEL DIR [WAL_SYNC]: a loaded, checkpointed database on DIR,
 # left running, its Postgres with wal_sync_method=WAL_SYNC (fdatasync).
 setup_on() {
@@ -111,12 +122,8 @@ setup_on() {
 	as_postgres "$PGBIN/initdb" -D "$pgdata" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
 	pg_start "$pgdata" "$LOGS/$label-postgres.log" "$port" "-c wal_sync_method=${3:-fdatasync} $PG_EXTRA"
 	echo "bench[$label]: pgbench -i -s $SCALE (wal_sync_method ${3:-fdatasync})" >&2
-	local t0
-	t0=$(now_ms)
-	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "$port" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
-	INIT[$label]=$(awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
+	INIT[$label]=$(load_on "$label")
 	echo "bench[$label]: init took ${INIT[$label]}s" >&2
-	as_postgres "$PGBIN/psql" -h "$SOCK" -p "$port" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
 }
 
 # settle: every file system quiet: a CHECKPOINT on every server (so no
@@ -142,16 +149,11 @@ run_on() {
 	tps_of <<<"$out"
 }
 
-# init_on LABEL: prints the seconds one `pgbench -i` takes, then checkpoints.
+# init_on LABEL: load_on once every file system is quiet.
 init_on() {
-	local t0 ms
 	settle
 	echo "bench[$1]: pgbench -i -s $SCALE" >&2
-	t0=$(now_ms)
-	as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$1]}" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
-	ms=$(($(now_ms) - t0))
-	as_postgres "$PGBIN/psql" -h "$SOCK" -p "${PORT[$1]}" -U postgres -X -q -c "CHECKPOINT" postgres >/dev/null
-	awk -v ms="$ms" 'BEGIN { printf "%.2f", ms / 1000 }'
+	load_on "$1"
 }
 
 FSES=(native)
