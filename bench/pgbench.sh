@@ -7,6 +7,7 @@
 #   sudo LOOPBACK=0 bench/pgbench.sh             # native and neonfs only
 #   sudo NEONFS_B_ARGS="--wal-direct-io" NEONFS_B_WAL_SYNC=fdatasync \
 #       bench/pgbench.sh                         # A/B two neonfs settings
+#   sudo NEONFS_B_BIN=/tmp/neonfs-main bench/pgbench.sh  # A/B two builds
 #
 # The loopback (bench/loopback) passes every request straight to a
 # directory on the same disk, mounted with neonfs's FUSE options (writeback
@@ -42,8 +43,9 @@
 # INIT_ROUNDS (3),
 # LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync),
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
-# (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC (when either is set, a
-# second neonfs volume "neonfs-b" runs with them beside the first),
+# (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC / NEONFS_B_BIN (when any
+# is set, a second neonfs volume "neonfs-b" runs with them beside the
+# first, NEONFS_B_BIN being its binary),
 # PG_EXTRA (more postgres options for every server, e.g. "-c
 # checkpoint_timeout=30s" for a checkpoint-heavy run), NEONFS_BIN (build
 # from the repo), PGBIN (/usr/lib/postgresql/15/bin).
@@ -63,9 +65,10 @@ NEONFS_ARGS=${NEONFS_ARGS:-}
 NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-fdatasync}
 NEONFS_B_ARGS=${NEONFS_B_ARGS:-}
 NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-}
+NEONFS_B_BIN=${NEONFS_B_BIN:-}
 PG_EXTRA=${PG_EXTRA:-}
 AB=0
-if [ -n "$NEONFS_B_ARGS" ] || [ -n "$NEONFS_B_WAL_SYNC" ]; then
+if [ -n "$NEONFS_B_ARGS" ] || [ -n "$NEONFS_B_WAL_SYNC" ] || [ -n "$NEONFS_B_BIN" ]; then
 	AB=1
 	NEONFS_B_WAL_SYNC=${NEONFS_B_WAL_SYNC:-$NEONFS_WAL_SYNC}
 fi
@@ -177,13 +180,14 @@ if [ "$LOOPBACK" = 1 ]; then
 fi
 
 neonfs_binary "$WORK"
-# neonfs_on LABEL ARGS WAL_SYNC: a volume of its own, mounted with ARGS.
+# neonfs_on LABEL ARGS WAL_SYNC [BIN]: a volume of its own, mounted with
+# ARGS by BIN ($BIN).
 neonfs_on() {
-	local label=$1 mnt=$WORK/mnt-$1 pid
-	"$BIN" init --data "$WORK/volume-$label" >&2
+	local label=$1 mnt=$WORK/mnt-$1 pid bin=${4:-$BIN}
+	"$bin" init --data "$WORK/volume-$label" >&2
 	mkdir -m 0755 "$mnt"
 	# shellcheck disable=SC2086 # ARGS are flags, split on purpose
-	"$BIN" mount --data "$WORK/volume-$label" $2 "$mnt" >"$LOGS/$label.log" 2>&1 &
+	"$bin" mount --data "$WORK/volume-$label" $2 "$mnt" >"$LOGS/$label.log" 2>&1 &
 	pid=$!
 	DAEMON_PIDS+=("$pid")
 	wait_mounted "$mnt" "$pid" "$LOGS/$label.log"
@@ -191,7 +195,7 @@ neonfs_on() {
 	FSES+=("$label")
 }
 neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
-[ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC"
+[ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC" "${NEONFS_B_BIN:+$(realpath "$NEONFS_B_BIN")}"
 
 # TPS[workload,fs,round]; pgbench args per workload.
 declare -A TPS
@@ -261,7 +265,7 @@ PAIRS=("neonfs native-best" "neonfs native")
 echo
 echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
 echo "neonfs: wal_sync_method $NEONFS_WAL_SYNC, flags '${NEONFS_ARGS}'"
-[ "$AB" = 1 ] && echo "neonfs-b: wal_sync_method $NEONFS_B_WAL_SYNC, flags '${NEONFS_B_ARGS}'"
+[ "$AB" = 1 ] && echo "neonfs-b: wal_sync_method $NEONFS_B_WAL_SYNC, flags '${NEONFS_B_ARGS}'${NEONFS_B_BIN:+, binary $NEONFS_B_BIN}"
 [ -n "$PG_EXTRA" ] && echo "every Postgres: $PG_EXTRA"
 line="first load (pgbench -i -s $SCALE on a fresh file system, one run each), seconds:"
 for fs in "${FSES[@]}"; do line+=" $fs ${INIT[$fs]};"; done
