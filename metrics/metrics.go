@@ -56,9 +56,6 @@ var (
 	commitPuts    = desc("commit_puts_total", "Block and inode puts committed.")
 	commitRetries = desc("commit_retries_total", "Commits retried after a failure (a full or stalled disk).")
 	commitSeconds = desc("commit_seconds_total", "Time spent committing log entries.")
-	commitExpress = desc("commit_express_total", "Log entries proposed from the express lane (urgent changes, ahead of queued writeback).")
-	commitMoved   = desc("commit_moved_puts_total", "Puts moved from the regular lane to the express lane with an urgent change to their file.")
-	commitPinned  = desc("commit_pinned_total", "Urgent changes left in the regular lane because a file they touch was pinned there by a directory change.")
 	batchPuts     = desc("commit_batch_puts", "Puts per committed log entry (group commit).")
 	batchBytes    = desc("commit_batch_bytes", "Encoded bytes per committed log entry.")
 	pendingBytes  = desc("commit_pending_bytes", "Changes accepted but not yet committed.")
@@ -107,7 +104,7 @@ var endpointStates = []endpoint.State{endpoint.Suspended, endpoint.Waking, endpo
 type collector struct{ src Source }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{commits, commitBytes, commitPuts, commitRetries, commitSeconds, commitExpress, commitMoved, commitPinned, batchPuts,
+	for _, d := range []*prometheus.Desc{commits, commitBytes, commitPuts, commitRetries, commitSeconds, batchPuts,
 		batchBytes, pendingBytes, fsyncSeconds, syncWrites, blockCacheHits, blockCacheMisses, layerCacheHits,
 		layerCacheMisses, layerCacheEvicts, layerCacheBytes, layerCacheLimit, layers, layerBytes, memtableBytes,
 		committedLSN, flushedLSN, flushLag, flushing, flushFailing, mounts, diskFull, stopped, takenOver,
@@ -147,9 +144,6 @@ func collectVolume(ch chan<- prometheus.Metric, m volume.Metrics) {
 	counter(commitPuts, float64(m.Commits.Puts))
 	counter(commitRetries, float64(m.Commits.Retries))
 	counter(commitSeconds, m.Commits.Seconds)
-	counter(commitExpress, float64(m.Commits.Express))
-	counter(commitMoved, float64(m.Commits.Moved))
-	counter(commitPinned, float64(m.Commits.Pinned))
 	histogram(ch, batchPuts, m.BatchPuts)
 	histogram(ch, batchBytes, m.BatchBytes)
 	gauge(pendingBytes, float64(m.PendingBytes))

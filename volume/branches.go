@@ -192,7 +192,7 @@ func (v *Volume) CreateBranch(ctx context.Context, name, parent, point string) (
 	if point == "" {
 		// Now means after every change made so far, fsynced or not: changes
 		// may linger in the committer (Committer.PutLazy).
-		if err = v.commit.WaitAll(); err != nil {
+		if err = v.commit.Wait(v.commit.Current()); err != nil {
 			return BranchInfo{}, fmt.Errorf("commit pending changes: %w", err)
 		}
 	}

@@ -48,15 +48,15 @@ type BranchFS struct {
 }
 
 type node struct {
-	attr       Attr
-	children   map[string]uint64 // directories only
-	parent     uint64            // directories only: the one directory naming it (the root's is itself)
-	lastTicket uint64            // the committer's ticket for the last change, for fsync
-	// dataTicket is the ticket of the last change fdatasync must wait
+	attr     Attr
+	children map[string]uint64 // directories only
+	parent   uint64            // directories only: the one directory naming it (the root's is itself)
+	lastSeq  uint64            // batch holding the last change, for fsync
+	// dataSeq is the batch holding the last change fdatasync must wait
 	// for: everything but timestamp, mode and owner changes. With writeback
 	// caching the kernel sends the mtime as its own SETATTR right before
 	// each fsync; a WAL fdatasync should not wait for that.
-	dataTicket uint64
+	dataSeq uint64
 	// fsynced is when the file was last fsynced (unix ns): changes to a
 	// file fsynced lately (a WAL) are committed at once, since an fsync is
 	// about to wait for them; others may linger to share a commit.
@@ -241,11 +241,8 @@ func (f *BranchFS) logAttrLocked(n *node, puts ...blockstore.Entry) syscall.Errn
 
 // logWith puts the change, urgent or lingering (Committer.Put, PutLazy),
 // and marks the nodes; data says whether fdatasync waits for it.
-// Invariant: puts hold every touched node's inode. The committer orders
-// changes per inode (the owner of a key), so the ticket of this change
-// covers every earlier change of exactly the inodes in puts.
 func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore.Entry) syscall.Errno {
-	ticket, err := f.vol.commit.Submit(urgent, puts)
+	seq, err := f.vol.commit.Submit(urgent, puts)
 	if errors.Is(err, blockstore.ErrNameTooLong) {
 		return syscall.ENAMETOOLONG // callers check names first; this is the last line
 	}
@@ -254,9 +251,9 @@ func (f *BranchFS) logWith(urgent, data bool, touched []*node, puts []blockstore
 		return syscall.EIO
 	}
 	for _, n := range touched {
-		n.lastTicket = ticket
+		n.lastSeq = seq
 		if data {
-			n.dataTicket = ticket
+			n.dataSeq = seq
 		}
 	}
 	return 0

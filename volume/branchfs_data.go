@@ -256,13 +256,13 @@ func (f *BranchFS) writeAt(ino uint64, data []byte, off int64, mode writeMode) (
 	// As on ext4, a write crossing the limit is cut short at it.
 	data = data[:min(int64(len(data)), MaxFileSize-off)]
 	sync := mode == writeSync
-	ticket, urgent, errno := f.write(ino, data, off, sync)
+	seq, urgent, errno := f.write(ino, data, off, sync)
 	if errno != 0 {
 		return 0, errno
 	}
 	if sync || urgent && mode == writeCached {
 		start := time.Now()
-		err := f.durable(ticket)
+		err := f.durable(seq)
 		f.vol.syncWrites.Observe(time.Since(start).Seconds())
 		if err != nil {
 			slog.Error("write", "branch", f.name, "ino", ino, "sync", sync, "err", err)
@@ -272,10 +272,10 @@ func (f *BranchFS) writeAt(ino uint64, data []byte, off int64, mode writeMode) (
 	return len(data), 0
 }
 
-// durable waits until ticket is committed and applied under this branch's
-// lease: an error means what was logged up to ticket may not be durable.
-func (f *BranchFS) durable(ticket uint64) error {
-	if err := f.waitCommit(ticket); err != nil {
+// durable waits until seq is committed and applied under this branch's
+// lease: an error means what was logged up to seq may not be durable.
+func (f *BranchFS) durable(seq uint64) error {
+	if err := f.waitCommit(seq); err != nil {
 		return err
 	}
 	if f.fenced.Load() {
@@ -286,7 +286,7 @@ func (f *BranchFS) durable(ticket uint64) error {
 	return nil
 }
 
-func (f *BranchFS) write(ino uint64, data []byte, off int64, sync bool) (ticket uint64, urgent bool, errno syscall.Errno) {
+func (f *BranchFS) write(ino uint64, data []byte, off int64, sync bool) (seq uint64, urgent bool, errno syscall.Errno) {
 	if errno := f.begin(len(data) + 2*bs); errno != 0 {
 		return 0, false, errno
 	}
@@ -345,7 +345,7 @@ func (f *BranchFS) write(ino uint64, data []byte, off int64, sync bool) (ticket 
 	if errno := f.logWith(urgent, true, []*node{n}, puts); errno != 0 {
 		return 0, false, errno
 	}
-	return n.dataTicket, urgent, 0
+	return n.dataSeq, urgent, 0
 }
 
 // Allocate implements fallocate mode 0 (and KEEP_SIZE): space is never
@@ -378,7 +378,7 @@ func (f *BranchFS) Allocate(ino uint64, off, length uint64, mode uint32) syscall
 
 // Fsync returns once every change to ino so far is committed (with
 // datasync, every change but timestamps, mode and owner). A directory's
-// ticket covers its entries, since every entry change also
+// seq covers its entries, since every entry change also
 // rewrites the directory inode. Every call is timed into the fsync
 // histogram, those with nothing left to wait for too: that is what the
 // caller sees.
@@ -387,19 +387,19 @@ func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 	defer func() { f.vol.fsyncs.Observe(time.Since(start).Seconds()) }()
 	f.mu.RLock()
 	n := f.nodes[ino]
-	var ticket uint64
+	var seq uint64
 	if n != nil {
 		n.fsynced.Store(start.UnixNano())
-		ticket = n.lastTicket
+		seq = n.lastSeq
 		if datasync {
-			ticket = n.dataTicket
+			seq = n.dataSeq
 		}
 	}
 	f.mu.RUnlock()
-	if ticket == 0 {
+	if seq == 0 {
 		return 0
 	}
-	if err := f.durable(ticket); err != nil {
+	if err := f.durable(seq); err != nil {
 		slog.Error("fsync", "branch", f.name, "ino", ino, "err", err)
 		return syscall.EIO
 	}
@@ -408,7 +408,7 @@ func (f *BranchFS) Fsync(ino uint64, datasync bool) syscall.Errno {
 
 // Sync waits for every change so far, on every file.
 func (f *BranchFS) Sync() syscall.Errno {
-	if err := f.vol.commit.WaitAll(); err != nil {
+	if err := f.vol.commit.Wait(f.vol.commit.Current()); err != nil {
 		return syscall.EIO
 	}
 	return 0

@@ -214,15 +214,15 @@ func (v *Volume) fence(f *BranchFS, why error) {
 // volume, serves the mounts that must stop).
 func (v *Volume) OnLeaseLost(fn func(branch string, err error)) { v.leaseLost.Store(&fn) }
 
-// waitCommit waits for a ticket like Committer.WaitDurable, except that a
+// waitCommit waits for batch seq like Committer.WaitDurable, except that a
 // fenced mount stops waiting (EIO): a log without quorum would otherwise
 // hold its fsyncs, and with them its Postgres, until the partition heals.
-func (f *BranchFS) waitCommit(ticket uint64) error {
+func (f *BranchFS) waitCommit(seq uint64) error {
 	if f.lease == nil {
-		return f.vol.commit.WaitDurable(ticket)
+		return f.vol.commit.WaitDurable(seq)
 	}
 	done := make(chan error, 1)
-	go func() { done <- f.vol.commit.WaitDurable(ticket) }()
+	go func() { done <- f.vol.commit.WaitDurable(seq) }()
 	select {
 	case err := <-done:
 		return err

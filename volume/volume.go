@@ -721,7 +721,7 @@ func (v *Volume) mountsReading(id uint32) []*BranchFS {
 func (v *Volume) Unmount(f *BranchFS) error {
 	var err error
 	if !f.readOnly && !f.fenced.Load() {
-		err = v.commit.WaitAll()
+		err = v.commit.Wait(v.commit.Current())
 	}
 	v.releaseLease(f)
 	v.mu.Lock()

@@ -200,7 +200,7 @@ func TestWriteToFsyncedFileIsCommitted(t *testing.T) {
 		_, errno := f.Write(ino, bytes.Repeat([]byte{1}, bs), 0)
 		must(t, errno)
 		f.mu.RLock()
-		seq = f.nodes[ino].dataTicket
+		seq = f.nodes[ino].dataSeq
 		f.mu.RUnlock()
 		// A write that waited returned once durable; settle applies
 		// what is durable, never what is not.

@@ -118,8 +118,9 @@ func TestCommitterCoalescesRewrites(t *testing.T) {
 	for i := range 10 {
 		c.Put(blockPut(1, 1, byte(i)))
 	}
+	seq := c.Current()
 	go func() { g.release <- nil; g.release <- nil }()
-	if err := c.WaitAll(); err != nil {
+	if err := c.Wait(seq); err != nil {
 		t.Fatal(err)
 	}
 	_, puts, _ := fsm.DecodePuts(g.entries[1])
