@@ -110,11 +110,9 @@ const denseCut = 1024
 // blocks that have a version: the committer's pending puts, then the block
 // map (in that order, so a batch applied in between is seen in one or the
 // other). The block map's list comes from the memtable and the layers'
-// indexes (Store.KeysWritten), so it may name blocks deleted already
-// (holes a file grew over), which get one more tombstone: cheaper than
-// reading every block of the file to tell, as ScanLatest did (a DROP
-// TABLE's truncate to zero spent 0.5 s of daemon CPU per reload of
-// pgbench's scale 20 there, under the branch lock).
+// indexes (Store.KeysWritten), never the blocks themselves, so it may name
+// blocks deleted already (holes a file grew over): one more tombstone each
+// costs less than reading every block of a table a DROP TABLE truncates.
 func (f *BranchFS) blocksIn(ino, first, last uint64) ([]uint64, syscall.Errno) {
 	if last-first <= denseCut {
 		out := make([]uint64, 0, last-first)
@@ -128,19 +126,15 @@ func (f *BranchFS) blocksIn(ino, first, last uint64) ([]uint64, syscall.Errno) {
 	for _, k := range f.vol.commit.KeysIn(from, to) {
 		set[k.Block] = struct{}{}
 	}
-	var err error
 	for _, p := range f.lineage {
-		err = f.vol.store.KeysWritten(context.Background(), p.Branch, from, to, 0, p.MaxLSN, func(k blockstore.Key) error {
+		err := f.vol.store.KeysWritten(context.Background(), p.Branch, from, to, 0, p.MaxLSN, func(k blockstore.Key) error {
 			set[k.Block] = struct{}{}
 			return nil
 		})
 		if err != nil {
-			break
+			slog.Error("list blocks to truncate", "branch", f.name, "ino", ino, "err", err)
+			return nil, syscall.EIO
 		}
-	}
-	if err != nil {
-		slog.Error("list blocks to truncate", "branch", f.name, "ino", ino, "err", err)
-		return nil, syscall.EIO
 	}
 	out := make([]uint64, 0, len(set))
 	for b := range set {
