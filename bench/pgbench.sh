@@ -35,9 +35,12 @@
 # since one round can land 0.1 off. After the workloads, $INIT_ROUNDS
 # rounds of `pgbench -i` again (it drops and reloads the tables), the
 # order rotating, each after the file systems settle: the "pgbench -i"
-# lines are their medians. Everything lives in a temp dir under
-# /var/tmp; neonfs builds the binary (or uses $NEONFS_BIN). Everything
-# (Postgres, the daemons, the mounts, the temp dir) is cleaned up on exit.
+# lines are their medians. Each workload run also counts CPU time per
+# transaction (the machine's busy time from /proc/stat, and the daemon's
+# for loopback and neonfs): the last lines are its medians. Everything
+# lives in a temp dir under /var/tmp; neonfs builds the binary (or uses
+# $NEONFS_BIN). Everything (Postgres, the daemons, the mounts, the temp
+# dir) is cleaned up on exit.
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
 # INIT_ROUNDS (3),
@@ -142,14 +145,43 @@ settle() {
 	for v in "$WORK"/volume*; do neonfs_settle "$BIN" "$v"; done
 }
 
-# run_on LABEL ARGS...: prints the TPS of one timed pgbench run.
+# DPID[LABEL]: the daemon serving LABEL's file system (none for native).
+declare -A DPID
+
+# busy_ticks: clock ticks every CPU spent busy so far (/proc/stat: all but
+# idle and iowait).
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# proc_ticks PID: clock ticks PID has run, user and system (0 if none).
+proc_ticks() {
+	if [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ]; then
+		# Fields counted after the command name, which may hold spaces.
+		sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+	else
+		echo 0
+	fi
+}
+
+# run_on LABEL ARGS...: one timed pgbench run; prints its TPS, then the
+# CPU time per transaction in microseconds, of the whole machine (every
+# process and the kernel's work on their behalf) and of LABEL's daemon.
+# TPS swings 20% between identical runs here, and most of that is the
+# machine's speed that day: CPU per transaction moves much less, so an
+# A/B of a CPU saving shows in it first.
 run_on() {
-	local label=$1 out
+	local label=$1 out m0 m1 d0 d1 hz txns
 	shift
 	settle
 	echo "bench[$label]: pgbench $* for ${DURATION}s" >&2
+	m0=$(busy_ticks)
+	d0=$(proc_ticks "${DPID[$label]:-}")
 	out=$(as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$label]}" -U postgres "$@" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres 2>&1)
-	tps_of <<<"$out"
+	m1=$(busy_ticks)
+	d1=$(proc_ticks "${DPID[$label]:-}")
+	hz=$(getconf CLK_TCK)
+	txns=$(awk '/^number of transactions actually processed:/ { print $NF; exit }' <<<"$out")
+	awk -v tps="$(tps_of <<<"$out")" -v n="${txns:-0}" -v m=$((m1 - m0)) -v d=$((d1 - d0)) -v hz="$hz" \
+		'BEGIN { if (n > 0) printf "%s %.0f %.0f\n", tps, m / hz * 1e6 / n, d / hz * 1e6 / n; else printf "%s 0 0\n", tps }'
 }
 
 # init_on LABEL: load_on once every file system is quiet.
@@ -174,6 +206,7 @@ if [ "$LOOPBACK" = 1 ]; then
 	mkdir -m 0755 "$WORK/loop-dir" "$LOOP_MNT"
 	"$WORK/loopback" "$WORK/loop-dir" "$LOOP_MNT" >"$LOGS/loopback.log" 2>&1 &
 	LOOP_PID=$!
+	DPID[loopback]=$LOOP_PID
 	wait_mounted "$LOOP_MNT" "$LOOP_PID" "$LOGS/loopback.log"
 	setup_on loopback "$LOOP_MNT"
 	FSES+=(loopback)
@@ -190,6 +223,7 @@ neonfs_on() {
 	"$bin" mount --data "$WORK/volume-$label" $2 "$mnt" >"$LOGS/$label.log" 2>&1 &
 	pid=$!
 	DAEMON_PIDS+=("$pid")
+	DPID[$label]=$pid
 	wait_mounted "$mnt" "$pid" "$LOGS/$label.log"
 	setup_on "$label" "$mnt" "$3"
 	FSES+=("$label")
@@ -197,8 +231,9 @@ neonfs_on() {
 neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
 [ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC" "${NEONFS_B_BIN:+$(realpath "$NEONFS_B_BIN")}"
 
-# TPS[workload,fs,round]; pgbench args per workload.
-declare -A TPS
+# TPS[workload,fs,round], MCPU and DCPU (the machine's and the daemon's
+# CPU microseconds per transaction); pgbench args per workload.
+declare -A TPS MCPU DCPU
 declare -A ARGS=([tpc-b]="" [select-only]="-S")
 WORKLOADS=(tpc-b select-only)
 n=${#FSES[@]}
@@ -210,7 +245,9 @@ for r in $(seq 1 "$ROUNDS"); do
 	line="bench: round $r/$ROUNDS:"
 	for w in "${WORKLOADS[@]}"; do
 		# shellcheck disable=SC2086 # ARGS is empty or one word
-		for fs in "${order[@]}"; do TPS[$w,$fs,$r]=$(run_on "$fs" ${ARGS[$w]}); done
+		for fs in "${order[@]}"; do
+			read -r TPS[$w,$fs,$r] MCPU[$w,$fs,$r] DCPU[$w,$fs,$r] <<<"$(run_on "$fs" ${ARGS[$w]})"
+		done
 		for fs in "${FSES[@]}"; do line+=" $w $fs ${TPS[$w,$fs,$r]};"; done
 		# The faster native of the round: each wal_sync_method at its best.
 		best=${TPS[$w,native,$r]}
@@ -321,4 +358,22 @@ for w in "${WORKLOADS[@]}"; do
 	for p in "${PAIRS[@]}"; do
 		echo "per-round ratio spread (min max), $w ${p/ //}: $(spread ${RATIOS[$w,$p]})"
 	done
+done
+# CPU per transaction: what the daemon adds is what Postgres no longer
+# has on these 2-core machines, so it bounds the TPS ratio from above.
+echo "CPU per transaction, microseconds, median of $ROUNDS rounds: machine (daemon)"
+# shellcheck disable=SC2086
+for w in "${WORKLOADS[@]}"; do
+	row=$(printf '%-12s' "$w")
+	for fs in "${FSES[@]}"; do
+		m="" d=""
+		for r in $(seq 1 "$ROUNDS"); do
+			m+=" ${MCPU[$w,$fs,$r]}"
+			d+=" ${DCPU[$w,$fs,$r]}"
+		done
+		row+=" $fs $(median $m)"
+		[ -n "${DPID[$fs]:-}" ] && row+=" ($(median $d))"
+		row+=";"
+	done
+	echo "$row"
 done
