@@ -165,9 +165,6 @@ proc_ticks() {
 # run_on LABEL ARGS...: one timed pgbench run; prints its TPS, then the
 # CPU time per transaction in microseconds, of the whole machine (every
 # process and the kernel's work on their behalf) and of LABEL's daemon.
-# TPS swings 20% between identical runs here, and most of that is the
-# machine's speed that day: CPU per transaction moves much less, so an
-# A/B of a CPU saving shows in it first.
 run_on() {
 	local label=$1 out m0 m1 d0 d1 hz txns
 	shift
@@ -246,7 +243,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	for w in "${WORKLOADS[@]}"; do
 		# shellcheck disable=SC2086 # ARGS is empty or one word
 		for fs in "${order[@]}"; do
-			read -r TPS[$w,$fs,$r] MCPU[$w,$fs,$r] DCPU[$w,$fs,$r] <<<"$(run_on "$fs" ${ARGS[$w]})"
+			read -r "TPS[$w,$fs,$r]" "MCPU[$w,$fs,$r]" "DCPU[$w,$fs,$r]" <<<"$(run_on "$fs" ${ARGS[$w]})"
 		done
 		for fs in "${FSES[@]}"; do line+=" $w $fs ${TPS[$w,$fs,$r]};"; done
 		# The faster native of the round: each wal_sync_method at its best.
@@ -359,8 +356,10 @@ for w in "${WORKLOADS[@]}"; do
 		echo "per-round ratio spread (min max), $w ${p/ //}: $(spread ${RATIOS[$w,$p]})"
 	done
 done
-# CPU per transaction: what the daemon adds is what Postgres no longer
-# has on these 2-core machines, so it bounds the TPS ratio from above.
+# CPU per transaction. TPC-B keeps these 2 cores about 80% busy on native
+# ext4, so what a daemon spends per transaction is mostly taken from
+# Postgres: the machine's figures divided are about the TPS ratio the CPU
+# allows.
 echo "CPU per transaction, microseconds, median of $ROUNDS rounds: machine (daemon)"
 # shellcheck disable=SC2086
 for w in "${WORKLOADS[@]}"; do
