@@ -147,6 +147,7 @@ settle() {
 
 # DPID[LABEL]: the daemon serving LABEL's file system (none for native).
 declare -A DPID
+HZ=$(getconf CLK_TCK) # /proc's clock ticks per second
 
 # busy_ticks: clock ticks every CPU spent busy so far (/proc/stat: all but
 # idle and iowait).
@@ -166,7 +167,7 @@ proc_ticks() {
 # CPU time per transaction in microseconds, of the whole machine (every
 # process and the kernel's work on their behalf) and of LABEL's daemon.
 run_on() {
-	local label=$1 out m0 m1 d0 d1 hz txns
+	local label=$1 out m0 m1 d0 d1 txns
 	shift
 	settle
 	echo "bench[$label]: pgbench $* for ${DURATION}s" >&2
@@ -175,9 +176,8 @@ run_on() {
 	out=$(as_postgres "$PGBIN/pgbench" -h "$SOCK" -p "${PORT[$label]}" -U postgres "$@" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres 2>&1)
 	m1=$(busy_ticks)
 	d1=$(proc_ticks "${DPID[$label]:-}")
-	hz=$(getconf CLK_TCK)
 	txns=$(awk '/^number of transactions actually processed:/ { print $NF; exit }' <<<"$out")
-	awk -v tps="$(tps_of <<<"$out")" -v n="${txns:-0}" -v m=$((m1 - m0)) -v d=$((d1 - d0)) -v hz="$hz" \
+	awk -v tps="$(tps_of <<<"$out")" -v n="${txns:-0}" -v m=$((m1 - m0)) -v d=$((d1 - d0)) -v hz="$HZ" \
 		'BEGIN { if (n > 0) printf "%s %.0f %.0f\n", tps, m / hz * 1e6 / n, d / hz * 1e6 / n; else printf "%s 0 0\n", tps }'
 }
 
