@@ -8,6 +8,7 @@
 #   sudo NEONFS_B_ARGS="--wal-direct-io" NEONFS_B_WAL_SYNC=fdatasync \
 #       bench/pgbench.sh                         # A/B two neonfs settings
 #   sudo NEONFS_B_BIN=/tmp/neonfs-main bench/pgbench.sh  # A/B two builds
+#   sudo FLOOR=1 bench/pgbench.sh               # also both on tmpfs
 #
 # The loopback (bench/loopback) passes every request straight to a
 # directory on the same disk, mounted with neonfs's FUSE options (writeback
@@ -21,6 +22,12 @@
 # neonfs runs open_datasync (with --wal-direct-io, one FUSE round trip per
 # WAL flush, see fusefs walFile), every file system gets its own fastest
 # method.
+#
+# FLOOR=1 adds Postgres on a tmpfs ("native-tmpfs") and the loopback over a
+# tmpfs directory ("loopback-tmpfs"): storage that costs nothing and keeps
+# nothing, so loopback-tmpfs/native-tmpfs is what FUSE alone (the kernel's
+# round trips and a go-fuse daemon) costs, and loopback-tmpfs/native is
+# the most any FUSE file system on this machine could reach against ext4.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "first
 # load" line, one run each, on a fresh file system), CHECKPOINT, and its
@@ -44,7 +51,8 @@
 #
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
 # INIT_ROUNDS (3),
-# LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync),
+# LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync), FLOOR
+# (0; 1: also native-tmpfs and loopback-tmpfs),
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
 # (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC / NEONFS_B_BIN (when any
 # is set, a second neonfs volume "neonfs-b" runs with them beside the
@@ -64,6 +72,7 @@ ROUNDS=${ROUNDS:-5}
 INIT_ROUNDS=${INIT_ROUNDS:-3}
 LOOPBACK=${LOOPBACK:-1}
 NATIVE_ODS=${NATIVE_ODS:-0}
+FLOOR=${FLOOR:-0}
 NEONFS_ARGS=${NEONFS_ARGS:-}
 NEONFS_WAL_SYNC=${NEONFS_WAL_SYNC:-fdatasync}
 NEONFS_B_ARGS=${NEONFS_B_ARGS:-}
@@ -84,6 +93,7 @@ bench_workdir bench
 
 DAEMON_PIDS=()
 LOOP_PID=""
+FLOOR_PID=""
 LOOP_MNT=$WORK/loop-mnt
 PGDATAS=()
 
@@ -93,6 +103,7 @@ cleanup() {
 	for d in "${PGDATAS[@]}"; do stop_postgres "$d"; done
 	for d in "${DAEMON_PIDS[@]}"; do stop_pid "$d"; done
 	[ -n "$LOOP_PID" ] && stop_pid "$LOOP_PID"
+	[ -n "$FLOOR_PID" ] && stop_pid "$FLOOR_PID"
 	unmount_and_remove "$WORK"
 	exit $rc
 }
@@ -209,6 +220,23 @@ if [ "$LOOPBACK" = 1 ]; then
 	FSES+=(loopback)
 fi
 
+if [ "$FLOOR" = 1 ]; then
+	# tmpfs_dir DIR: an 8 GiB tmpfs mounted on a new DIR.
+	tmpfs_dir() { mkdir -m 0755 "$1" && mount -t tmpfs -o size=8g,mode=0755 tmpfs "$1"; }
+	tmpfs_dir "$WORK/native-tmpfs"
+	setup_on native-tmpfs "$WORK/native-tmpfs"
+	FSES+=(native-tmpfs)
+	[ -x "$WORK/loopback" ] || go build -o "$WORK/loopback" ./bench/loopback
+	tmpfs_dir "$WORK/floor-dir"
+	mkdir -m 0755 "$WORK/floor-mnt"
+	"$WORK/loopback" "$WORK/floor-dir" "$WORK/floor-mnt" >"$LOGS/loopback-tmpfs.log" 2>&1 &
+	FLOOR_PID=$!
+	DPID[loopback-tmpfs]=$FLOOR_PID
+	wait_mounted "$WORK/floor-mnt" "$FLOOR_PID" "$LOGS/loopback-tmpfs.log"
+	setup_on loopback-tmpfs "$WORK/floor-mnt"
+	FSES+=(loopback-tmpfs)
+fi
+
 neonfs_binary "$WORK"
 # neonfs_on LABEL ARGS WAL_SYNC [BIN]: a volume of its own, mounted with
 # ARGS by BIN ($BIN).
@@ -295,6 +323,7 @@ PAIRS=("neonfs native-best" "neonfs native")
 [ "$NATIVE_ODS" = 1 ] && PAIRS+=("neonfs native-ods")
 [ "$LOOPBACK" = 1 ] && PAIRS+=("loopback native" "neonfs loopback")
 [ "$AB" = 1 ] && PAIRS+=("neonfs-b native-best" "neonfs neonfs-b")
+[ "$FLOOR" = 1 ] && PAIRS+=("loopback-tmpfs native-tmpfs" "loopback-tmpfs native")
 
 echo
 echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
