@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -46,9 +47,8 @@ func (f *gfFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOu
 }
 
 func serveGoFuse(mnt string) error {
-	sec := 3600 * 1e9
 	long := fs.Options{}
-	d := durationOf(sec)
+	d := time.Hour
 	long.EntryTimeout, long.AttrTimeout = &d, &d
 	long.MountOptions = fuse.MountOptions{
 		AllowOther: true, DirectMount: true, DisableXAttrs: true, MaxWrite: maxWrite,

@@ -138,8 +138,6 @@ func (h *handler) handle(hdr []byte, in []byte, out []byte) (int, int32) {
 	return 0, -int32(syscall.ENOSYS)
 }
 
-func durationOf(ns float64) time.Duration { return time.Duration(ns) }
-
 func putAttr(b []byte, node uint64) {
 	clear(b[:88])
 	binary.LittleEndian.PutUint64(b[0:], node)
@@ -190,6 +188,9 @@ func serve(args []string) error {
 	if fl.NArg() != 1 {
 		return fmt.Errorf("serve needs one mountpoint")
 	}
+	if *readers < 1 || *entries < 1 || *entries > 1024 {
+		return fmt.Errorf("-readers %d -entries %d: want at least one reader and 1 to 1024 entries", *readers, *entries)
+	}
 	mnt := fl.Arg(0)
 	switch *mode {
 	case "gofuse":
@@ -215,6 +216,9 @@ func serve(args []string) error {
 	}
 	slog.Info("mounted", "mountpoint", mnt, "mode", *mode)
 	var wg sync.WaitGroup
+	// A queue that fails leaves its requests to the classic reader, which
+	// would then be measured as io_uring: the server stops instead.
+	failed := make(chan error, 1)
 	// Classic readers run in both modes: before the ring is ready the
 	// kernel still queues requests on /dev/fuse.
 	n := *readers
@@ -235,12 +239,19 @@ func serve(args []string) error {
 			go func() {
 				defer wg.Done()
 				if err := uringQueue(fd, q, *entries, h); err != nil {
-					slog.Error("uring queue", "qid", q, "err", err)
+					select {
+					case failed <- fmt.Errorf("io_uring queue %d: %w", q, err):
+					default:
+					}
 				}
 			}()
 		}
 	}
-	wg.Wait()
+	go func() { wg.Wait(); close(failed) }()
+	if err := <-failed; err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		return err
+	}
 	return nil
 }
 
@@ -534,9 +545,17 @@ func client(args []string) error {
 	if fl.NArg() != 1 {
 		return fmt.Errorf("client needs one file")
 	}
+	if *threads < 1 || *secs <= 0 || *size < 1 || *size > maxWrite {
+		return fmt.Errorf("-threads %d -secs %g -size %d: want at least 1 thread, a positive duration and 1 to %d bytes", *threads, *secs, *size, maxWrite)
+	}
 	var ops atomic.Int64
 	var stop atomic.Bool
 	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	fail := func(err error) {
+		firstErr.CompareAndSwap(nil, &err)
+		stop.Store(true)
+	}
 	busy0, total0, err := machineTicks()
 	if err != nil {
 		return err
@@ -553,7 +572,7 @@ func client(args []string) error {
 			runtime.LockOSThread()
 			fd, err := unix.Open(fl.Arg(0), unix.O_WRONLY, 0)
 			if err != nil {
-				slog.Error("open", "err", err)
+				fail(fmt.Errorf("open %s: %w", fl.Arg(0), err))
 				return
 			}
 			defer unix.Close(fd)
@@ -561,13 +580,13 @@ func client(args []string) error {
 			off := int64(i) * 64 << 20
 			for !stop.Load() {
 				if _, err := unix.Pwrite(fd, buf, off); err != nil {
-					slog.Error("pwrite", "err", err)
+					fail(fmt.Errorf("pwrite %s: %w", fl.Arg(0), err))
 					return
 				}
 				n := int64(1)
 				if *fsync {
 					if err := unix.Fdatasync(fd); err != nil {
-						slog.Error("fdatasync", "err", err)
+						fail(fmt.Errorf("fdatasync %s: %w", fl.Arg(0), err))
 						return
 					}
 					n = 2
@@ -576,13 +595,21 @@ func client(args []string) error {
 			}
 		}()
 	}
-	time.Sleep(time.Duration(*secs * float64(time.Second)))
+	for end := time.Now().Add(time.Duration(*secs * float64(time.Second))); time.Now().Before(end) && !stop.Load(); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	stop.Store(true)
 	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return *e
+	}
 	el := time.Since(start).Seconds()
 	busy1, total1, _ := machineTicks()
 	srv1, _ := procTicks(*pid)
 	n := float64(ops.Load())
+	if n == 0 {
+		return fmt.Errorf("no request completed on %s", fl.Arg(0))
+	}
 	hz := 100.0
 	machineUS := float64(busy1-busy0) / hz * 1e6 / n
 	serverUS := float64(srv1-srv0) / hz * 1e6 / n
