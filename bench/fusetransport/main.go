@@ -232,6 +232,7 @@ func serve(args []string) error {
 	if *mode == "uring" {
 		ncpu, err := possibleCPUs()
 		if err != nil {
+			unix.Unmount(mnt, unix.MNT_DETACH)
 			return err
 		}
 		for q := 0; q < ncpu; q++ {
@@ -266,8 +267,11 @@ func classicInit(fd int, h *handler, uring bool) error {
 	}
 	in := buf[inHeaderSize:n]
 	major, minor := binary.LittleEndian.Uint32(in[0:]), binary.LittleEndian.Uint32(in[4:])
-	if major != 7 || minor < 42 && uring {
-		return fmt.Errorf("kernel speaks FUSE %d.%d; io_uring needs 7.42", major, minor)
+	if major != 7 {
+		return fmt.Errorf("kernel speaks FUSE %d.%d; this server speaks 7.x", major, minor)
+	}
+	if uring && minor < 42 {
+		return fmt.Errorf("kernel speaks FUSE 7.%d; io_uring needs 7.42 (Linux 6.14)", minor)
 	}
 	out := make([]byte, outHeaderSize+64)
 	o := out[outHeaderSize:]
@@ -307,6 +311,10 @@ func classicLoop(fd int, h *handler) {
 			if err != unix.ENODEV {
 				slog.Error("read /dev/fuse", "err", err)
 			}
+			return
+		}
+		if n < inHeaderSize {
+			slog.Error("short read from /dev/fuse", "bytes", n)
 			return
 		}
 		hdr := buf[:inHeaderSize]
@@ -472,6 +480,7 @@ func uringQueue(fuseFD, qid, entries int, h *handler) error {
 	}
 	// REGISTER answers EAGAIN until the kernel has processed the INIT reply.
 	out := make([]byte, 4096)
+	inBuf := make([]byte, ringOpIn+payloadSize)
 	for {
 		if err := r.enter(1); err != nil {
 			return err
@@ -487,20 +496,26 @@ func uringQueue(fuseFD, qid, entries int, h *handler) error {
 			atomic.StoreUint32(r.cqHead, head+1)
 			e := ents[ud]
 			if res < 0 {
+				if syscall.Errno(-res) == unix.ENOTCONN {
+					return nil // unmounted
+				}
 				if syscall.Errno(-res) == unix.EAGAIN {
 					time.Sleep(time.Millisecond)
 					prepCmd(r.sqe(), fuseFD, uringCmdRegister, e, ud, 0, qid)
 					continue
 				}
-				return fmt.Errorf("queue %d entry %d: %w", qid, ud, syscall.Errno(-res))
+				return fmt.Errorf("entry %d: %w", ud, syscall.Errno(-res))
 			}
 			hdr := e.hdr[:inHeaderSize]
 			op := binary.LittleEndian.Uint32(hdr[4:])
 			payloadSz := binary.LittleEndian.Uint32(e.hdr[ringEntPayloadSize:])
 			// The handler wants the opcode's arguments and payload
 			// contiguous, as /dev/fuse delivers them.
+			if int(payloadSz) > len(e.payload) {
+				return fmt.Errorf("entry %d: payload of %d bytes in a %d-byte buffer", ud, payloadSz, len(e.payload))
+			}
 			a := argSize(op)
-			in := make([]byte, a+int(payloadSz))
+			in := inBuf[:a+int(payloadSz)]
 			copy(in, e.hdr[ringOpIn:ringOpIn+a])
 			copy(in[a:], e.payload[:payloadSz])
 			m, errno := h.handle(hdr, in, out)
