@@ -27,7 +27,8 @@
 # tmpfs directory ("loopback-tmpfs"): storage that costs nothing and keeps
 # nothing, so loopback-tmpfs/native-tmpfs is what FUSE alone (the kernel's
 # round trips and a go-fuse daemon) costs, and loopback-tmpfs/native is
-# the most any FUSE file system on this machine could reach against ext4.
+# about the most a go-fuse file system could reach against ext4 here if
+# its storage cost nothing.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "first
 # load" line, one run each, on a fresh file system), CHECKPOINT, and its
