@@ -46,8 +46,7 @@ cleanup() {
 	local rc=$? m
 	set +e
 	for m in "${MODES[@]}"; do
-		umount -l "$WORK/$m" 2>/dev/null
-		[ -n "${PID[$m]:-}" ] && kill "${PID[$m]}" 2>/dev/null
+		[ -n "${PID[$m]:-}" ] && stop_pid "${PID[$m]}"
 	done
 	[ -n "$OLD_PARAM" ] && echo "$OLD_PARAM" >"$PARAM"
 	unmount_and_remove "$WORK"
@@ -60,8 +59,7 @@ for m in "${MODES[@]}"; do
 	mkdir "$WORK/$m"
 	"$WORK/fusetransport" serve -mode "$m" "$WORK/$m" >"$LOGS/$m.log" 2>&1 &
 	PID[$m]=$!
-	for _ in $(seq 50); do mountpoint -q "$WORK/$m" && break; sleep 0.1; done
-	mountpoint -q "$WORK/$m" || { cat "$LOGS/$m.log" >&2; echo "bench: $m did not mount" >&2; exit 1; }
+	wait_mounted "$WORK/$m" "${PID[$m]}" "$LOGS/$m.log" 10
 done
 
 CASES=("1 write" "4 write" "1 w+fsync" "4 w+fsync")
@@ -80,15 +78,14 @@ for r in $(seq "$ROUNDS"); do
 	done
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {printf "%.1f", NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 echo "FUSE requests on a null file system, median of $ROUNDS rounds of ${DURATION}s"
 printf '%-18s %-8s %12s %14s %14s\n' case server requests/s machine_us/req server_us/req
 for c in "${CASES[@]}"; do
 	for m in "${MODES[@]}"; do
 		rows=${OUT[$c/$m]}
 		printf '%-18s %-8s %12s %14s %14s\n' "$c" "$m" \
-			"$(awk '{print $2}' <<<"$rows" | grep . | median)" \
-			"$(awk '{print $4}' <<<"$rows" | grep . | median)" \
-			"$(awk '{print $6}' <<<"$rows" | grep . | median)"
+			"$(median $(awk '{print $2}' <<<"$rows"))" \
+			"$(median $(awk '{print $4}' <<<"$rows"))" \
+			"$(median $(awk '{print $6}' <<<"$rows"))"
 	done
 done

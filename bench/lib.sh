@@ -86,6 +86,9 @@ wait_mounted() {
 	exit 1
 }
 
+# median N...: the median of the numbers given.
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 # mounts_under DIR: mountpoints beneath DIR, innermost first.
 mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
 
