@@ -87,13 +87,10 @@ const (
 	maxWrite = 128 << 10
 )
 
-type handler struct{ requests atomic.Int64 }
-
 // handle answers one request: in is the opcode's own arguments followed by
 // its payload, out receives the reply's arguments. It returns the reply
 // length and an errno (0 for success), or -1 when no reply is due.
-func (h *handler) handle(hdr []byte, in []byte, out []byte) (int, int32) {
-	h.requests.Add(1)
+func handle(hdr []byte, in []byte, out []byte) (int, int32) {
 	op := binary.LittleEndian.Uint32(hdr[4:])
 	node := binary.LittleEndian.Uint64(hdr[16:])
 	switch op {
@@ -207,10 +204,9 @@ func serve(args []string) error {
 	if err := unix.Mount("fusetransport", mnt, "fuse.fusetransport", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
-	h := &handler{}
 	// INIT is read the classic way whatever the mode; the reply offers
 	// io_uring when asked to.
-	if err := classicInit(fd, h, *mode == "uring"); err != nil {
+	if err := classicInit(fd, *mode == "uring"); err != nil {
 		unix.Unmount(mnt, unix.MNT_DETACH)
 		return err
 	}
@@ -227,7 +223,7 @@ func serve(args []string) error {
 	}
 	for i := 0; i < n; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); classicLoop(fd, h) }()
+		go func() { defer wg.Done(); classicLoop(fd) }()
 	}
 	if *mode == "uring" {
 		ncpu, err := possibleCPUs()
@@ -239,7 +235,7 @@ func serve(args []string) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := uringQueue(fd, q, *entries, h); err != nil {
+				if err := uringQueue(fd, q, *entries); err != nil {
 					select {
 					case failed <- fmt.Errorf("io_uring queue %d: %w", q, err):
 					default:
@@ -256,7 +252,7 @@ func serve(args []string) error {
 	return nil
 }
 
-func classicInit(fd int, h *handler, uring bool) error {
+func classicInit(fd int, uring bool) error {
 	buf := make([]byte, maxWrite+4096)
 	n, err := unix.Read(fd, buf)
 	if err != nil {
@@ -287,7 +283,6 @@ func classicInit(fd int, h *handler, uring bool) error {
 	if uring {
 		binary.LittleEndian.PutUint32(o[32:], initOverUring)
 	}
-	h.requests.Add(1)
 	return reply(fd, buf[:inHeaderSize], out, 0)
 }
 
@@ -299,7 +294,7 @@ func reply(fd int, hdr []byte, out []byte, errno int32) error {
 	return err
 }
 
-func classicLoop(fd int, h *handler) {
+func classicLoop(fd int) {
 	buf := make([]byte, maxWrite+4096)
 	out := make([]byte, outHeaderSize+4096)
 	for {
@@ -318,7 +313,7 @@ func classicLoop(fd int, h *handler) {
 			return
 		}
 		hdr := buf[:inHeaderSize]
-		m, errno := h.handle(hdr, buf[inHeaderSize:n], out[outHeaderSize:])
+		m, errno := handle(hdr, buf[inHeaderSize:n], out[outHeaderSize:])
 		if m < 0 {
 			continue
 		}
@@ -452,7 +447,7 @@ type ringEnt struct {
 	iov          [2]unix.Iovec
 }
 
-func uringQueue(fuseFD, qid, entries int, h *handler) error {
+func uringQueue(fuseFD, qid, entries int) error {
 	runtime.LockOSThread()
 	var set unix.CPUSet
 	set.Set(qid)
@@ -518,7 +513,7 @@ func uringQueue(fuseFD, qid, entries int, h *handler) error {
 			in := inBuf[:a+int(payloadSz)]
 			copy(in, e.hdr[ringOpIn:ringOpIn+a])
 			copy(in[a:], e.payload[:payloadSz])
-			m, errno := h.handle(hdr, in, out)
+			m, errno := handle(hdr, in, out)
 			if m < 0 {
 				m, errno = 0, 0
 			}
