@@ -8,7 +8,7 @@
 #   sudo NEONFS_B_ARGS="--wal-direct-io" NEONFS_B_WAL_SYNC=fdatasync \
 #       bench/pgbench.sh                         # A/B two neonfs settings
 #   sudo NEONFS_B_BIN=/tmp/neonfs-main bench/pgbench.sh  # A/B two builds
-#   sudo FLOOR=1 bench/pgbench.sh               # also both on tmpfs
+#   sudo FLOOR=1 bench/pgbench.sh               # also native, loopback, neonfs on tmpfs
 #
 # The loopback (bench/loopback) passes every request straight to a
 # directory on the same disk, mounted with neonfs's FUSE options (writeback
@@ -28,7 +28,11 @@
 # nothing, so loopback-tmpfs/native-tmpfs is what FUSE alone (the kernel's
 # round trips and a go-fuse daemon) costs, and loopback-tmpfs/native is
 # about the most a go-fuse file system could reach against ext4 here if
-# its storage cost nothing.
+# its storage cost nothing. It also adds neonfs with its volume (the log
+# and the layers) on a tmpfs ("neonfs-tmpfs"): neonfs's engine without
+# the disk's waits, so neonfs-tmpfs/loopback-tmpfs is what the engine's
+# work costs over a plain loopback's, and neonfs/neonfs-tmpfs what
+# waiting for the disk does.
 #
 # Each file system gets initdb, `pgbench -i -s $SCALE` (timed: the "first
 # load" line, one run each, on a fresh file system), CHECKPOINT, and its
@@ -53,7 +57,7 @@
 # Environment: SCALE (20), CLIENTS (4), JOBS (2), DURATION (30), ROUNDS (5),
 # INIT_ROUNDS (3),
 # LOOPBACK (1), NATIVE_ODS (0; 1: also native with open_datasync), FLOOR
-# (0; 1: also native-tmpfs and loopback-tmpfs),
+# (0; 1: also native-tmpfs, loopback-tmpfs and neonfs-tmpfs),
 # NEONFS_ARGS (extra `neonfs mount` flags), NEONFS_WAL_SYNC
 # (fdatasync), NEONFS_B_ARGS / NEONFS_B_WAL_SYNC / NEONFS_B_BIN (when any
 # is set, a second neonfs volume "neonfs-b" runs with them beside the
@@ -221,9 +225,10 @@ if [ "$LOOPBACK" = 1 ]; then
 	FSES+=(loopback)
 fi
 
+# tmpfs_dir DIR: an 8 GiB tmpfs mounted on a new DIR.
+tmpfs_dir() { mkdir -m 0755 "$1" && mount -t tmpfs -o size=8g,mode=0755 tmpfs "$1"; }
+
 if [ "$FLOOR" = 1 ]; then
-	# tmpfs_dir DIR: an 8 GiB tmpfs mounted on a new DIR.
-	tmpfs_dir() { mkdir -m 0755 "$1" && mount -t tmpfs -o size=8g,mode=0755 tmpfs "$1"; }
 	tmpfs_dir "$WORK/native-tmpfs"
 	setup_on native-tmpfs "$WORK/native-tmpfs"
 	FSES+=(native-tmpfs)
@@ -255,6 +260,10 @@ neonfs_on() {
 	FSES+=("$label")
 }
 neonfs_on neonfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
+if [ "$FLOOR" = 1 ]; then
+	tmpfs_dir "$WORK/volume-neonfs-tmpfs"
+	neonfs_on neonfs-tmpfs "$NEONFS_ARGS" "$NEONFS_WAL_SYNC"
+fi
 [ "$AB" = 1 ] && neonfs_on neonfs-b "$NEONFS_B_ARGS" "$NEONFS_B_WAL_SYNC" "${NEONFS_B_BIN:+$(realpath "$NEONFS_B_BIN")}"
 
 # TPS[workload,fs,round], MCPU and DCPU (the machine's and the daemon's
@@ -322,7 +331,8 @@ PAIRS=("neonfs native-best" "neonfs native")
 [ "$NATIVE_ODS" = 1 ] && PAIRS+=("neonfs native-ods")
 [ "$LOOPBACK" = 1 ] && PAIRS+=("loopback native" "neonfs loopback")
 [ "$AB" = 1 ] && PAIRS+=("neonfs-b native-best" "neonfs neonfs-b")
-[ "$FLOOR" = 1 ] && PAIRS+=("loopback-tmpfs native-tmpfs" "loopback-tmpfs native")
+[ "$FLOOR" = 1 ] && PAIRS+=("loopback-tmpfs native-tmpfs" "loopback-tmpfs native"
+	"neonfs-tmpfs loopback-tmpfs" "neonfs-tmpfs native" "neonfs neonfs-tmpfs")
 
 echo
 echo "pgbench scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS rounds (order rotating)"
