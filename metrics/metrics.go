@@ -60,6 +60,7 @@ var (
 	batchBytes    = desc("commit_batch_bytes", "Encoded bytes per committed log entry.")
 	pendingBytes  = desc("commit_pending_bytes", "Changes accepted but not yet committed.")
 	fsyncSeconds  = desc("fsync_seconds", "Time an fsync took.")
+	logSyncs      = desc("log_sync_seconds", "Time each fdatasync of the log took on this node's disk: the disk's share of a commit (compare sync_write_seconds).")
 	syncWrites    = desc("sync_write_seconds", "Time a write to a file fsynced lately (Postgres's WAL) waited for its commit: such writes return committed, so their fsyncs find little to wait for.")
 
 	blockCacheHits   = desc("block_cache_hits_total", "Reads of layer records served by the in-memory block cache.")
@@ -105,7 +106,7 @@ type collector struct{ src Source }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{commits, commitBytes, commitPuts, commitRetries, commitSeconds, batchPuts,
-		batchBytes, pendingBytes, fsyncSeconds, syncWrites, blockCacheHits, blockCacheMisses, layerCacheHits,
+		batchBytes, pendingBytes, fsyncSeconds, syncWrites, logSyncs, blockCacheHits, blockCacheMisses, layerCacheHits,
 		layerCacheMisses, layerCacheEvicts, layerCacheBytes, layerCacheLimit, layers, layerBytes, memtableBytes,
 		committedLSN, flushedLSN, flushLag, flushing, flushFailing, mounts, diskFull, stopped, takenOver,
 		endpointState, endpointConns, endpointRelayed, endpointColds, fuseRequests, fuseRequestSeconds} {
@@ -149,6 +150,7 @@ func collectVolume(ch chan<- prometheus.Metric, m volume.Metrics) {
 	gauge(pendingBytes, float64(m.PendingBytes))
 	histogram(ch, fsyncSeconds, m.Fsyncs)
 	histogram(ch, syncWrites, m.SyncWrites)
+	histogram(ch, logSyncs, m.LogSyncs)
 
 	counter(blockCacheHits, float64(m.BlockCacheHits))
 	counter(blockCacheMisses, float64(m.BlockCacheMisses))

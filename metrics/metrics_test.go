@@ -57,6 +57,8 @@ func fakeSource() Source {
 	for _, s := range []float64{0.0002, 0.0008, 0.0009, 0.03, 20} {
 		fsyncs.Observe(s)
 	}
+	logSyncs := hist.New(volume.FsyncBounds...)
+	logSyncs.Observe(0.0003)
 	colds := hist.New(endpoint.ColdStartBounds...)
 	colds.Observe(0.6)
 	colds.Observe(0.4)
@@ -65,6 +67,7 @@ func fakeSource() Source {
 		Fsyncs:    fsyncs.Snapshot(),
 		BatchPuts: hist.New(commit.BatchPutsBounds...).Snapshot(), BatchBytes: hist.New(commit.BatchBytesBounds...).Snapshot(),
 		SyncWrites:     hist.New(volume.FsyncBounds...).Snapshot(),
+		LogSyncs:       logSyncs.Snapshot(),
 		BlockCacheHits: 9, BlockCacheMisses: 3, Layers: 2, LayerBytes: 4096,
 		MemtableBytes: 100, FrozenBytes: 50, CommittedLSN: 30, FlushedLSN: 25, DiskFull: true, Mounts: 1,
 	}
@@ -102,6 +105,10 @@ func TestScrape(t *testing.T) {
 		`neonfs_fsync_seconds_bucket{le="10"} 4`,
 		`neonfs_fsync_seconds_bucket{le="+Inf"} 5`,
 		"neonfs_fsync_seconds_count 5",
+		"# TYPE neonfs_log_sync_seconds histogram",
+		`neonfs_log_sync_seconds_bucket{le="0.00025"} 0`,
+		`neonfs_log_sync_seconds_bucket{le="0.0005"} 1`,
+		"neonfs_log_sync_seconds_count 1",
 		"# TYPE neonfs_commit_batch_puts histogram",
 		"neonfs_commit_batch_puts_count 0",
 		"neonfs_block_cache_hits_total 9",

@@ -22,6 +22,8 @@ import (
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/hashicorp/raft-wal/segment"
+
+	"github.com/neonfs/neonfs/internal/hist"
 )
 
 // Config names one node of the log.
@@ -101,6 +103,7 @@ type walStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
 	dir  string
+	fs   *zeroFS
 
 	// stored maps the first byte of a proposal's data to the callback
 	// ApplyDurable registered for it: StoreLogs calls it once raft-wal has
@@ -151,13 +154,14 @@ func (s *walStore) forget(data []byte) {
 
 func openWAL(dir string) (*walStore, error) {
 	meta := &metadb.BoltMetaDB{}
+	zfs := newZeroFS()
 	w, err := wal.Open(walDir(dir), wal.WithLogger(hlog()), wal.WithMetaStore(meta),
-		wal.WithSegmentFiler(segment.NewFiler(walDir(dir), newZeroFS())))
+		wal.WithSegmentFiler(segment.NewFiler(walDir(dir), zfs)))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)
 	}
-	return &walStore{WAL: w, meta: meta, dir: walDir(dir)}, nil
+	return &walStore{WAL: w, meta: meta, dir: walDir(dir), fs: zfs}, nil
 }
 
 func (s *walStore) Close() error { return errors.Join(s.WAL.Close(), s.meta.Close()) }
@@ -398,6 +402,10 @@ func (n *Node) Snapshot() error {
 	}
 	return err
 }
+
+// LogSyncs is the seconds each fdatasync of the log's segments took: the
+// disk's share of a commit.
+func (n *Node) LogSyncs() hist.Snapshot { return n.store.fs.syncs.Snapshot() }
 
 // Stats reports the log's indexes.
 func (n *Node) Stats() (last, applied uint64) {

@@ -6,12 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft-wal/fs"
 	"github.com/hashicorp/raft-wal/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/neonfs/neonfs/durable"
+	"github.com/neonfs/neonfs/internal/hist"
 )
 
 // zeroFS is raft-wal's file system with Postgres's trick for its WAL:
@@ -25,6 +27,7 @@ import (
 // a new segment does not stall commits on writing 64 MiB of zeros.
 type zeroFS struct {
 	types.VFS
+	syncs *hist.Histogram // seconds per Sync of a segment
 
 	mu    sync.Mutex
 	ready chan struct{} // closed when the spare being prepared is done; nil when none is
@@ -32,7 +35,7 @@ type zeroFS struct {
 
 const spareName = "spare.tmp" // no .wal suffix: raft-wal's listing ignores it
 
-func newZeroFS() *zeroFS { return &zeroFS{VFS: fs.New()} }
+func newZeroFS() *zeroFS { return &zeroFS{VFS: fs.New(), syncs: hist.New(hist.SyncBounds...)} }
 
 func (z *zeroFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
 	path := filepath.Join(dir, name)
@@ -58,7 +61,7 @@ func (z *zeroFS) Create(dir, name string, size uint64) (types.WritableFile, erro
 		return nil, err
 	}
 	z.prepareSpare(spare, int64(size))
-	return &zeroFile{File: f, dir: dir, fresh: true}, nil
+	return &zeroFile{File: f, dir: dir, fresh: true, syncs: z.syncs}, nil
 }
 
 func (z *zeroFS) OpenWriter(dir, name string) (types.WritableFile, error) {
@@ -66,7 +69,7 @@ func (z *zeroFS) OpenWriter(dir, name string) (types.WritableFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &zeroFile{File: f, dir: dir}, nil
+	return &zeroFile{File: f, dir: dir, syncs: z.syncs}, nil
 }
 
 func (z *zeroFS) prepareSpare(path string, size int64) {
@@ -120,10 +123,14 @@ type zeroFile struct {
 	*os.File
 	dir   string
 	fresh bool
+	syncs *hist.Histogram
 }
 
 func (f *zeroFile) Sync() error {
-	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+	start := time.Now()
+	err := unix.Fdatasync(int(f.Fd()))
+	f.syncs.Observe(time.Since(start).Seconds())
+	if err != nil {
 		return err
 	}
 	if f.fresh {

@@ -67,4 +67,8 @@ func TestZeroFSSegments(t *testing.T) {
 	if err := w.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	// Every Sync, of a created segment or a reopened one, is timed.
+	if s := z.syncs.Snapshot(); s.Count != 3 || s.Sum <= 0 {
+		t.Errorf("sync histogram: count %d sum %v, want 3 and > 0", s.Count, s.Sum)
+	}
 }

@@ -105,8 +105,10 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/metrics has no %s", name)
 		}
 	}
-	if n := metricValue(text, "neonfs_fsync_seconds_count"); n < 1 {
-		t.Errorf("neonfs_fsync_seconds_count %v after an fsync through the mount", n)
+	for _, name := range []string{"neonfs_fsync_seconds_count", "neonfs_log_sync_seconds_count"} {
+		if n := metricValue(text, name); n < 1 {
+			t.Errorf("%s %v after an fsync through the mount", name, n)
+		}
 	}
 	if n := metricValue(text, "neonfs_mounts"); n != 1 {
 		t.Errorf("neonfs_mounts %v with one mount", n)

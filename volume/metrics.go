@@ -6,10 +6,9 @@ import (
 	"github.com/neonfs/neonfs/volume/commit"
 )
 
-// FsyncBounds are the buckets, in seconds, of the fsync and sync-write
-// histograms: a commit is an fdatasync of the log, so from about 100 µs on
-// a local NVMe disk up to seconds on a stalled one.
-var FsyncBounds = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+// FsyncBounds are the buckets, in seconds, of the fsync, sync-write and
+// log-sync histograms: a commit is an fdatasync of the log.
+var FsyncBounds = hist.SyncBounds
 
 // Metrics is what monitoring reads of an open volume. Unlike Status it is
 // cheap: no object-store listing, no walk of the log directory, nothing
@@ -26,6 +25,10 @@ type Metrics struct {
 	// fsyncs find little left to wait for and its commit latency shows
 	// here.
 	Fsyncs, SyncWrites hist.Snapshot
+	// LogSyncs is the seconds each fdatasync of the log took on this
+	// node's disk: a commit's disk share of SyncWrites (empty for a log
+	// kept elsewhere, like raftwal/memlog).
+	LogSyncs hist.Snapshot
 
 	// Layer record reads served by the in-memory block cache, and those
 	// that went to the object store.
@@ -51,6 +54,11 @@ type Metrics struct {
 	TakenOver bool // a newer writer (a restored copy) owns the object store
 }
 
+// logSyncer is a Log that times its disk syncs (raftwal.Node).
+type logSyncer interface {
+	LogSyncs() hist.Snapshot
+}
+
 // Metrics takes the volume's counters and gauges.
 func (v *Volume) Metrics() Metrics {
 	v.settle() // first: the counters then cover every fsync returned
@@ -58,6 +66,11 @@ func (v *Volume) Metrics() Metrics {
 		CommittedLSN: v.store.Applied(), Flushing: v.flushing.Load(), FlushFailing: v.flushErr.Load() != nil,
 		DiskFull: v.gate.Full(), Stopped: v.fsm.Halted() != nil, TakenOver: v.fencedBy.Load() != 0}
 	m.BatchPuts, m.BatchBytes = v.commit.BatchSizes()
+	if ls, ok := v.log.(logSyncer); ok {
+		m.LogSyncs = ls.LogSyncs()
+	} else {
+		m.LogSyncs = hist.New(FsyncBounds...).Snapshot()
+	}
 	m.BlockCacheHits, m.BlockCacheMisses = v.store.CacheStats()
 	if v.cache != nil {
 		cs := v.cache.Stats()

@@ -27,6 +27,11 @@ func TestMetrics(t *testing.T) {
 	if m.Fsyncs.Count != 2 || m.Fsyncs.Sum <= 0 {
 		t.Errorf("fsync histogram: count %d sum %v, want 2 and > 0", m.Fsyncs.Count, m.Fsyncs.Sum)
 	}
+	// Each committed entry cost the log one fdatasync (raft's own entries
+	// too, so at least as many).
+	if got, want := m.LogSyncs.Count-before.LogSyncs.Count, m.Commits.Entries-before.Commits.Entries; got < want || m.LogSyncs.Sum <= 0 {
+		t.Errorf("log syncs: %d (sum %v) for %d entries", got, m.LogSyncs.Sum, want)
+	}
 	var n uint64
 	for _, c := range m.Fsyncs.Counts {
 		n += c

@@ -9,6 +9,11 @@ import (
 	"sync"
 )
 
+// SyncBounds are the buckets, in seconds, of the histograms of sync
+// latency (a log fdatasync, an fsync, a write waiting for its commit):
+// from about 100 µs on a local NVMe disk up to seconds on a stalled one.
+var SyncBounds = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
 // Histogram is safe for concurrent use.
 type Histogram struct {
 	bounds []float64 // ascending upper bounds; one more bucket holds the rest
