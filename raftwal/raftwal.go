@@ -103,7 +103,8 @@ type walStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
 	dir  string
-	fs   *zeroFS
+	// syncs times the log segments' fdatasyncs (zeroFS records them).
+	syncs *hist.Histogram
 
 	// stored maps the first byte of a proposal's data to the callback
 	// ApplyDurable registered for it: StoreLogs calls it once raft-wal has
@@ -161,7 +162,7 @@ func openWAL(dir string) (*walStore, error) {
 		meta.Close()
 		return nil, fmt.Errorf("open log %s: %w", walDir(dir), err)
 	}
-	return &walStore{WAL: w, meta: meta, dir: walDir(dir), fs: zfs}, nil
+	return &walStore{WAL: w, meta: meta, dir: walDir(dir), syncs: zfs.syncs}, nil
 }
 
 func (s *walStore) Close() error { return errors.Join(s.WAL.Close(), s.meta.Close()) }
@@ -405,7 +406,7 @@ func (n *Node) Snapshot() error {
 
 // LogSyncs is the seconds each fdatasync of the log's segments took: the
 // disk's share of a commit.
-func (n *Node) LogSyncs() hist.Snapshot { return n.store.fs.syncs.Snapshot() }
+func (n *Node) LogSyncs() hist.Snapshot { return n.store.syncs.Snapshot() }
 
 // Stats reports the log's indexes.
 func (n *Node) Stats() (last, applied uint64) {
