@@ -141,14 +141,21 @@ func (v *Volume) Flush(ctx context.Context) error {
 }
 
 func (v *Volume) flushLocked(ctx context.Context) error {
+	_, err := v.flushLayer(ctx)
+	return err
+}
+
+// flushLayer is flushLocked, saying whether it wrote a layer and so took
+// a log snapshot after it.
+func (v *Volume) flushLayer(ctx context.Context) (snapshotted bool, err error) {
 	defer v.gate.Changed() // the memtable shrank, or writers look again at why not
 	_, resp, err := v.log.Apply(fsm.EncodeFreeze(now()))
 	if err != nil {
-		return fmt.Errorf("freeze memtable: %w", err)
+		return false, fmt.Errorf("freeze memtable: %w", err)
 	}
 	fr, ok := resp.(fsm.Frozen)
 	if !ok {
-		return fmt.Errorf("freeze memtable: %v", resp)
+		return false, fmt.Errorf("freeze memtable: %v", resp)
 	}
 	v.lastFrozen = &fr
 	backoff := 100 * time.Millisecond
@@ -167,9 +174,9 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 		slog.Warn("write layer failed, retrying", "backoff", backoff, "err", err)
 		select {
 		case <-v.stop:
-			return err
+			return false, err
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 10*time.Second)
@@ -178,19 +185,19 @@ func (v *Volume) flushLocked(ctx context.Context) error {
 	if ok {
 		b, err := fsm.EncodeLayer(now(), meta)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if seq, _, err = v.log.Apply(b); err != nil {
-			return fmt.Errorf("record layer %s: %w", meta.Name, err)
+			return false, fmt.Errorf("record layer %s: %w", meta.Name, err)
 		}
 		if err := v.store.OpenNow(ctx, meta.Name); err != nil {
 			slog.Warn("open flushed layer", "layer", meta.Name, "err", err) // reads open it again
 		}
 		if err := v.log.Snapshot(); err != nil {
-			return fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
+			return false, fmt.Errorf("snapshot after layer %s: %w", meta.Name, err)
 		}
 	}
-	return v.publishIfChanged(ctx, fr, seq)
+	return ok, v.publishIfChanged(ctx, fr, seq)
 }
 
 // publishIfChanged publishes a manifest unless the last one already says

@@ -216,8 +216,8 @@ func (v *Volume) compactLocked(ctx context.Context, full bool, progress func(str
 		}
 	}
 	if res.Merges > 0 {
-		if err := v.log.Snapshot(); err != nil {
-			return res, fmt.Errorf("snapshot after merge: %w", err)
+		if err := v.snapshotAfterMerge(ctx); err != nil {
+			return res, err
 		}
 		if err := v.publishIfChanged(ctx, *v.lastFrozen, seq); err != nil {
 			return res, err
@@ -235,6 +235,30 @@ func (v *Volume) compactLocked(ctx context.Context, full bool, progress func(str
 		progress("%d layers -> %d; a read consults at most %d layers", res.LayersBefore, res.LayersAfter, res.ReadDepth)
 	}
 	return res, err
+}
+
+// snapshotAfterMerge takes the log snapshot after merges, which lets
+// their inputs go: no state restored from the log may name a deleted
+// layer. A snapshot holds the whole memtable, uncompressed, and the
+// memtable kept growing while the merges held flushMu (a 710 MB merge
+// under TPC-B took 6.6 s and left a 241 MB snapshot, written and synced
+// beside the commits). A memtable past a quarter of FlushBytes is flushed
+// to a layer first, whose own snapshot then holds only what arrived
+// during that flush. The caller holds flushMu.
+func (v *Volume) snapshotAfterMerge(ctx context.Context) error {
+	if active, frozen := v.store.MemBytes(); active+frozen >= v.opts.FlushBytes/4 {
+		snapshotted, err := v.flushLayer(ctx)
+		if err != nil {
+			return fmt.Errorf("flush before the snapshot after merge: %w", err)
+		}
+		if snapshotted {
+			return nil
+		}
+	}
+	if err := v.log.Snapshot(); err != nil {
+		return fmt.Errorf("snapshot after merge: %w", err)
+	}
+	return nil
 }
 
 // fenced re-reads the store's generations: deleting objects another writer

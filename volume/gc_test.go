@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -138,4 +140,102 @@ func TestCompactionBoundsLayers(t *testing.T) {
 		}
 	}
 	t.Logf("20 flushes -> %d layers, read depth %d", len(v.store.Layers()), v.readDepth())
+}
+
+// newestSnapshotBytes is the size of the newest Raft snapshot's state.
+func newestSnapshotBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	metas, err := filepath.Glob(filepath.Join(dir, "raft", "snapshots", "snapshots", "*", "state.bin"))
+	if err != nil || len(metas) == 0 {
+		t.Fatalf("no raft snapshot under %s: %v", dir, err)
+	}
+	var newest string
+	var newestIdx uint64
+	for _, m := range metas {
+		// term-index-millis
+		parts := strings.Split(filepath.Base(filepath.Dir(m)), "-")
+		idx, err := strconv.ParseUint(parts[1], 10, 64)
+		if err != nil {
+			t.Fatalf("snapshot dir %s: %v", m, err)
+		}
+		if idx >= newestIdx {
+			newest, newestIdx = m, idx
+		}
+	}
+	fi, err := os.Stat(newest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// TestSnapshotAfterMergeFlushesFirst: the snapshot that lets merged layers
+// go does not carry a large memtable (it grew while the merges ran): that
+// goes to a layer first. A small one is snapshotted as is.
+func TestSnapshotAfterMergeFlushesFirst(t *testing.T) {
+	ctx := context.Background()
+	dir := testVolume(t)
+	const flushBytes = 8 << 20
+	v, main := open(t, dir, Options{FlushBytes: flushBytes})
+	waitMem := func(atLeast int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			active, frozen := v.store.MemBytes()
+			if active+frozen >= atLeast {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("memtable holds %d bytes, want %d", active+frozen, atLeast)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	snapshotAfterMerge := func() (layersAdded int, snapBytes int64) {
+		t.Helper()
+		v.flushMu.Lock()
+		defer v.flushMu.Unlock()
+		before := len(v.store.Layers())
+		if err := v.snapshotAfterMerge(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return len(v.store.Layers()) - before, newestSnapshotBytes(t, dir)
+	}
+
+	// A quarter of FlushBytes and more, under FlushBytes so the flusher
+	// leaves it alone: flushed, then a small snapshot.
+	bigContent := strings.Repeat("0123456789abcdef", (flushBytes/4+(512<<10))/16)
+	writeFile(t, main, "big", bigContent)
+	waitMem(int64(len(bigContent)))
+	added, snap := snapshotAfterMerge()
+	if added != 1 {
+		t.Fatalf("a %d-byte memtable: %d layers added, want 1 (flushed before the snapshot)", len(bigContent), added)
+	}
+	if snap > 256<<10 {
+		t.Fatalf("snapshot after the flush holds %d bytes, want the memtable left out", snap)
+	}
+
+	// A small memtable stays, and the snapshot carries it.
+	small := strings.Repeat("x", 300<<10)
+	writeFile(t, main, "small", small)
+	waitMem(int64(len(small)))
+	added, snap = snapshotAfterMerge()
+	if added != 0 {
+		t.Fatalf("a %d-byte memtable: %d layers added, want none", len(small), added)
+	}
+	if snap < int64(len(small)) {
+		t.Fatalf("snapshot holds %d bytes, want the %d-byte memtable in it", snap, len(small))
+	}
+
+	// Both survive a crash: the layer through the log, the small file
+	// through the snapshot.
+	abandon(v)
+	v, main = open(t, dir, Options{FlushBytes: flushBytes})
+	defer v.Close()
+	if got := fileContent(t, main, "big"); got != bigContent {
+		t.Fatalf("big after reopening: %.20q (%d bytes)", got, len(got))
+	}
+	if got := fileContent(t, main, "small"); got != small {
+		t.Fatalf("small after reopening: %.20q (%d bytes)", got, len(got))
+	}
 }
