@@ -154,6 +154,9 @@ func newestSnapshotBytes(t *testing.T, dir string) int64 {
 	for _, m := range metas {
 		// term-index-millis
 		parts := strings.Split(filepath.Base(filepath.Dir(m)), "-")
+		if len(parts) != 3 {
+			t.Fatalf("snapshot dir %s: not term-index-millis", m)
+		}
 		idx, err := strconv.ParseUint(parts[1], 10, 64)
 		if err != nil {
 			t.Fatalf("snapshot dir %s: %v", m, err)
