@@ -182,17 +182,10 @@ func TestSnapshotAfterMergeFlushesFirst(t *testing.T) {
 	v, main := open(t, dir, Options{FlushBytes: flushBytes})
 	waitMem := func(atLeast int64) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		waitUntil(t, fmt.Sprintf("a memtable of %d bytes", atLeast), func() bool {
 			active, frozen := v.store.MemBytes()
-			if active+frozen >= atLeast {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("memtable holds %d bytes, want %d", active+frozen, atLeast)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return active+frozen >= atLeast
+		})
 	}
 	snapshotAfterMerge := func() (layersAdded int, snapBytes int64) {
 		t.Helper()
